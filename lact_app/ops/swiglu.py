@@ -1,0 +1,151 @@
+"""The fast path of the LaCT fast-weight op: a few large batched matmuls per chunk.
+
+Shapes follow DESIGN.md §3 (heads folded into the batch): ``q, k, v: [B, L, D]``, ``lr: [B, L, 3]``
+(per-token lrs for w0, w1, w2), ``momentum: [B, L, 1]``. The inner gradient is written by hand
+(LACT_SPEC.md §1.4) with differentiable tensor ops, so the outer gradient flows through every update.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .newton_schulz import LM_NS_COEFFS, Coeffs, newton_schulz
+from .schedule import Op, validate_schedule
+from .state import FastWeights, row_norms
+
+#: Added to a row's norm before dividing (LACT_SPEC.md §1.8).
+WEIGHT_NORM_EPS = 1e-5
+
+
+def apply_fast_weights(fw: FastWeights, x: torch.Tensor) -> torch.Tensor:
+    """f(x) = w1 (silu(w0 x) * (w2 x)) per head.  x: [B, n, D] -> [B, n, D]."""
+    dtype = x.dtype  # under autocast the matmuls still pick their own dtype
+    a, b = (x @ fw.w02.to(dtype).mT).chunk(2, dim=-1)
+    return (F.silu(a) * b) @ fw.w1.to(dtype).mT
+
+
+def fast_weight_grads(
+    fw: FastWeights, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Update directions −η∇L of the dot-product inner loss L = −Σ_t η_t v_tᵀ f(k_t) (LACT_SPEC.md §1.4).
+
+    k, v: [B, n, D]; lr: [B, n, 3] -> (Δw02: [B, 2H, D], Δw1: [B, D, H]). Each weight uses its own
+    per-token lr; the lr is folded into the token-side factor so Δw0 and Δw2 come out of one bmm.
+    """
+    dtype = k.dtype
+    a, b = (k @ fw.w02.to(dtype).mT).chunk(2, dim=-1)  # [B, n, H] each
+    sig = torch.sigmoid(a)
+    silu_a = a * sig
+    dh = v @ fw.w1.to(dtype)  # w1ᵀ v per token: [B, n, H]
+    lr = lr.float()
+    g0 = dh * b * sig * (1 + a * (1 - sig)) * lr[..., 0:1]  # silu'(a) = σ(a)(1 + a(1 − σ(a)))
+    g2 = dh * silu_a * lr[..., 2:3]
+    d02 = torch.cat([g0, g2], dim=-1).mT.to(dtype) @ k
+    d1 = v.mT @ (silu_a * b * lr[..., 1:2]).to(dtype)
+    return d02, d1
+
+
+def _with_momentum(
+    fw: FastWeights, d02: torch.Tensor, d1: torch.Tensor, momentum: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heavy-ball without damping: M_i = ΔW_i + β̄_i M_{i−1}, β̄_i the chunk mean (LACT_SPEC.md §1.6).
+
+    momentum: [B, n, 1] -> the new buffers (they are also the update directions).
+    """
+    if fw.mom02 is None:  # M_{-1} = 0
+        return d02, d1
+    beta = momentum.float().mean(dim=1, keepdim=True)  # [B, 1, 1]
+    return d02 + beta * fw.mom02, d1 + beta * fw.mom1
+
+
+def _orthogonalise(d02: torch.Tensor, d1: torch.Tensor, coeffs: Coeffs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Muon on Δw0, Δw2 and Δw1 separately, as one batched Newton–Schulz over [3B, H, D]."""
+    B, two_h, D = d02.shape
+    h = two_h // 2
+    stacked = torch.cat([d02.reshape(2 * B, h, D), d1.mT], dim=0)
+    out = newton_schulz(stacked, coeffs)
+    return out[: 2 * B].reshape(B, two_h, D), out[2 * B :].mT
+
+
+def _renormalise(w: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Rescale every row of w: [B, R, C] back to its initial norm norms: [B, R, 1]."""
+    return w / (row_norms(w) + WEIGHT_NORM_EPS) * norms
+
+
+def update_fast_weights(
+    fw: FastWeights,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    momentum: Optional[torch.Tensor] = None,
+    use_muon: bool = False,
+    weight_norm: bool = True,
+    ns_coeffs: Coeffs = LM_NS_COEFFS,
+) -> FastWeights:
+    """One inner step on the tokens k, v: [B, n, D] with lr: [B, n, 3] (and momentum: [B, n, 1]).
+
+    Order (LACT_SPEC.md §6.1 item 3): gradient → momentum → Muon → add → row renormalisation.
+    """
+    state_dtype = fw.w02.dtype
+    d02, d1 = fast_weight_grads(fw, k, v, lr)
+    d02, d1 = d02.to(state_dtype), d1.to(state_dtype)
+    moments = {}
+    if momentum is not None:
+        d02, d1 = _with_momentum(fw, d02, d1, momentum)
+        moments = {"mom02": d02, "mom1": d1}
+    if use_muon:
+        d02, d1 = _orthogonalise(d02, d1, ns_coeffs)
+    w02 = (fw.w02 + d02).to(state_dtype)
+    w1 = (fw.w1 + d1).to(state_dtype)
+    if weight_norm:
+        w02, w1 = _renormalise(w02, fw.norm02), _renormalise(w1, fw.norm1)
+    return fw.replace(w02=w02, w1=w1, **moments)
+
+
+def _assemble(pieces: list[tuple[int, int, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
+    """Concatenate applied outputs in token order, zeros where no op applied.  -> [B, L, D]."""
+    B, L, D = like.shape
+    dtype = pieces[0][2].dtype if pieces else like.dtype
+    parts, pos = [], 0
+    for start, end, out in sorted(pieces, key=lambda p: p[0]):
+        if start > pos:
+            parts.append(like.new_zeros(B, start - pos, D, dtype=dtype))
+        parts.append(out)
+        pos = end
+    if pos < L:
+        parts.append(like.new_zeros(B, L - pos, D, dtype=dtype))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def lact_swiglu(
+    fw: FastWeights,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    schedule: Sequence[Op],
+    momentum: Optional[torch.Tensor] = None,
+    use_muon: bool = False,
+    weight_norm: bool = True,
+    *,
+    ns_coeffs: Coeffs = LM_NS_COEFFS,
+) -> tuple[torch.Tensor, FastWeights]:
+    """Run a schedule of fast-weight updates and applications over one sequence piece.
+
+    fw: state from :meth:`FastWeights.from_initial` or a previous call; q, k, v: [B, L, D];
+    lr: [B, L, 3] (positive); momentum: [B, L, 1] in (0, 1) or None; schedule: ops over [0, L).
+    Returns o: [B, L, D] (zero where no op applies) and the state after the last op.
+    """
+    ops = validate_schedule(schedule, q.size(1))
+    pieces = []
+    for op in ops:
+        if op.update:
+            s = slice(op.start, op.end)
+            mom = None if momentum is None else momentum[:, s]
+            fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon, weight_norm, ns_coeffs)
+        if op.apply:
+            pieces.append((op.start, op.end, apply_fast_weights(fw, q[:, op.start : op.end])))
+    return _assemble(pieces, q), fw
