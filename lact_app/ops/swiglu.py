@@ -20,31 +20,58 @@ from .state import FastWeights, row_norms
 WEIGHT_NORM_EPS = 1e-5
 
 
-def apply_fast_weights(fw: FastWeights, x: torch.Tensor) -> torch.Tensor:
+def _blocks(n: int, block: int) -> list[slice]:
+    """Token slices of at most ``block`` tokens covering ``[0, n)``."""
+    return [slice(s, min(s + block, n)) for s in range(0, n, block)]
+
+
+def default_token_block(x: torch.Tensor) -> int:
+    """Tokens processed per matmul block: on CPU 512 keeps the [block, 2H] activations in cache
+    (about 2× faster than one big matmul at H = 256); accelerators prefer one large matmul."""
+    return 512 if x.device.type == "cpu" else x.size(1)
+
+
+def apply_fast_weights(fw: FastWeights, x: torch.Tensor, token_block: Optional[int] = None) -> torch.Tensor:
     """f(x) = w1 (silu(w0 x) * (w2 x)) per head.  x: [B, n, D] -> [B, n, D]."""
     dtype = x.dtype  # under autocast the matmuls still pick their own dtype
-    a, b = (x @ fw.w02.to(dtype).mT).chunk(2, dim=-1)
-    return (F.silu(a) * b) @ fw.w1.to(dtype).mT
+    w02, w1 = fw.w02.to(dtype).mT, fw.w1.to(dtype).mT
+    outs = []
+    for span in _blocks(x.size(1), token_block or default_token_block(x)):
+        a, b = (x[:, span] @ w02).chunk(2, dim=-1)
+        outs.append((F.silu(a) * b) @ w1)
+    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def _grad_factors(w02: torch.Tensor, w1: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor):
+    """Per-token factors of the update.  -> (g02: [B, n, 2H] = [g0·η0, g2·η2], h·η1: [B, n, H])."""
+    a, b = (k @ w02.mT).chunk(2, dim=-1)  # [B, n, H] each
+    sig = torch.sigmoid(a)
+    silu_a = a * sig
+    dh = v @ w1  # w1ᵀ v per token: [B, n, H]
+    lr = lr.float()
+    g0 = dh * b * sig * (1 + a * (1 - sig)) * lr[..., 0:1]  # silu'(a) = σ(a)(1 + a(1 − σ(a)))
+    g2 = dh * silu_a * lr[..., 2:3]
+    return torch.cat([g0, g2], dim=-1), silu_a * b * lr[..., 1:2]
 
 
 def fast_weight_grads(
-    fw: FastWeights, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor
+    fw: FastWeights, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, token_block: Optional[int] = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Update directions −η∇L of the dot-product inner loss L = −Σ_t η_t v_tᵀ f(k_t) (LACT_SPEC.md §1.4).
 
     k, v: [B, n, D]; lr: [B, n, 3] -> (Δw02: [B, 2H, D], Δw1: [B, D, H]). Each weight uses its own
     per-token lr; the lr is folded into the token-side factor so Δw0 and Δw2 come out of one bmm.
+    The sums over tokens are accumulated block by block (see :func:`default_token_block`).
     """
     dtype = k.dtype
-    a, b = (k @ fw.w02.to(dtype).mT).chunk(2, dim=-1)  # [B, n, H] each
-    sig = torch.sigmoid(a)
-    silu_a = a * sig
-    dh = v @ fw.w1.to(dtype)  # w1ᵀ v per token: [B, n, H]
-    lr = lr.float()
-    g0 = dh * b * sig * (1 + a * (1 - sig)) * lr[..., 0:1]  # silu'(a) = σ(a)(1 + a(1 − σ(a)))
-    g2 = dh * silu_a * lr[..., 2:3]
-    d02 = torch.cat([g0, g2], dim=-1).mT.to(dtype) @ k
-    d1 = v.mT @ (silu_a * b * lr[..., 1:2]).to(dtype)
+    w02, w1 = fw.w02.to(dtype), fw.w1.to(dtype)
+    d02 = d1 = None
+    for span in _blocks(k.size(1), token_block or default_token_block(k)):
+        g02, h_lr = _grad_factors(w02, w1, k[:, span], v[:, span], lr[:, span])
+        part02 = g02.to(dtype).mT @ k[:, span]
+        part1 = v[:, span].mT @ h_lr.to(dtype)
+        d02 = part02 if d02 is None else d02 + part02
+        d1 = part1 if d1 is None else d1 + part1
     return d02, d1
 
 
@@ -84,13 +111,14 @@ def update_fast_weights(
     use_muon: bool = False,
     weight_norm: bool = True,
     ns_coeffs: Coeffs = LM_NS_COEFFS,
+    token_block: Optional[int] = None,
 ) -> FastWeights:
     """One inner step on the tokens k, v: [B, n, D] with lr: [B, n, 3] (and momentum: [B, n, 1]).
 
     Order (LACT_SPEC.md §6.1 item 3): gradient → momentum → Muon → add → row renormalisation.
     """
     state_dtype = fw.w02.dtype
-    d02, d1 = fast_weight_grads(fw, k, v, lr)
+    d02, d1 = fast_weight_grads(fw, k, v, lr, token_block)
     d02, d1 = d02.to(state_dtype), d1.to(state_dtype)
     moments = {}
     if momentum is not None:
@@ -132,12 +160,15 @@ def lact_swiglu(
     weight_norm: bool = True,
     *,
     ns_coeffs: Coeffs = LM_NS_COEFFS,
+    token_block: Optional[int] = None,
 ) -> tuple[torch.Tensor, FastWeights]:
     """Run a schedule of fast-weight updates and applications over one sequence piece.
 
     fw: state from :meth:`FastWeights.from_initial` or a previous call; q, k, v: [B, L, D];
     lr: [B, L, 3] (positive); momentum: [B, L, 1] in (0, 1) or None; schedule: ops over [0, L).
     Returns o: [B, L, D] (zero where no op applies) and the state after the last op.
+    ``ns_coeffs``: Newton–Schulz schedule for Muon; ``token_block``: tokens per matmul block
+    (a speed knob only, see :func:`default_token_block`).
     """
     ops = validate_schedule(schedule, q.size(1))
     pieces = []
@@ -145,7 +176,7 @@ def lact_swiglu(
         if op.update:
             s = slice(op.start, op.end)
             mom = None if momentum is None else momentum[:, s]
-            fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon, weight_norm, ns_coeffs)
+            fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon, weight_norm, ns_coeffs, token_block)
         if op.apply:
-            pieces.append((op.start, op.end, apply_fast_weights(fw, q[:, op.start : op.end])))
+            pieces.append((op.start, op.end, apply_fast_weights(fw, q[:, op.start : op.end], token_block)))
     return _assemble(pieces, q), fw

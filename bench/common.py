@@ -1,0 +1,56 @@
+"""Shared timing helpers for the benchmarks (not tests: they measure and write JSON)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_peak_gflops(batch: int = 8, n: int = 1024, repeats: int = 5) -> float:
+    """This machine's practical fp32 peak: a fixed large bmm (batch × n³), median of ``repeats``."""
+    a, b = torch.randn(batch, n, n), torch.randn(batch, n, n)
+    return 2 * batch * n**3 / median_seconds(lambda: torch.bmm(a, b), repeats) / 1e9
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A Markdown table of ``rows`` (README-ready)."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        print("| " + " | ".join(cells) + " |")
