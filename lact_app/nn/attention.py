@@ -1,0 +1,130 @@
+"""Softmax attention on ``torch.nn.functional.scaled_dot_product_attention``.
+
+Masks are boolean ``[Lq, Lk]`` (True = may attend, see :mod:`lact_app.nn.masks`); tensors are
+``[B, heads, L, Dh]`` as sdpa expects.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .layout import Segment, segment_bounds
+from .masks import segment_keys
+from .rotary import RotaryEmbedding
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """softmax(q kᵀ / √Dh, masked) v.
+
+    Args:
+        q: [B, heads, Lq, Dh]; k, v: [B, heads, Lk, Dh].
+        mask: bool, broadcastable to [B, heads, Lq, Lk] (usually [Lq, Lk]); True = may attend.
+            Every query must see at least one key (an empty row gives NaN).
+        is_causal: top-left aligned causal mask instead of ``mask``.
+
+    Returns:
+        [B, heads, Lq, Dh].
+    """
+    if mask is not None and is_causal:
+        raise ValueError("pass either a mask or is_causal, not both")
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def chunk_local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    segments: Sequence[Segment],
+    clean_context: Optional[int] = None,
+) -> torch.Tensor:
+    """Chunk-local attention over an interleaved layout without a dense [L, L] mask.
+
+    Equals ``attend(q, k, v, chunk_local_mask(segments, clean_context))`` with one sdpa call per
+    segment over its own keys (see :func:`lact_app.nn.masks.segment_keys`).
+
+    Args:
+        q, k, v: [B, heads, L, Dh], L the layout's total length.
+
+    Returns:
+        [B, heads, L, Dh].
+    """
+    outs = []
+    for (start, end), ranges in zip(segment_bounds(segments), segment_keys(segments, clean_context)):
+        keys = torch.cat([k[:, :, s:e] for s, e in ranges], dim=2)
+        values = torch.cat([v[:, :, s:e] for s, e in ranges], dim=2)
+        outs.append(F.scaled_dot_product_attention(q[:, :, start:end], keys, values))
+    return torch.cat(outs, dim=2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention sub-layer: qkv projection, optional q/k RMSNorm and RoPE, sdpa, out proj.
+
+    Use it as full, causal/windowed (``mask`` / ``is_causal``) or per-view attention (reshape with
+    :func:`lact_app.nn.per_view` first). :meth:`project` and :meth:`output` are public so a caller
+    can keep a KV cache between them.
+
+    Args:
+        dim: model width.
+        num_heads: attention heads; ``dim`` must be divisible by it.
+        qk_norm: RMSNorm of q and k over each head dim (weights shared by heads).
+        rope: rotary embedding applied to q and k (its head_dim must equal dim / num_heads).
+        bias: biases on the qkv and out projections.
+        norm_eps: eps of the q/k norms.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = False,
+        rope: Optional[RotaryEmbedding] = None,
+        bias: bool = False,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        if rope is not None and rope.head_dim != self.head_dim:
+            raise ValueError(f"rope head_dim {rope.head_dim} != attention head dim {self.head_dim}")
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.rope = rope
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def project(
+        self, x: torch.Tensor, positions: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [B, L, dim] -> q, k, v: [B, heads, L, Dh] (normed and rotated)."""
+        q, k, v = rearrange(self.qkv(x), "b l (n h d) -> n b h l d", n=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
+        return q, k, v
+
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        """o: [B, heads, L, Dh] -> [B, L, dim] through the out projection."""
+        return self.out_proj(rearrange(o, "b h l d -> b l (h d)"))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        positions: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x: [B, L, dim]; mask: bool [L, L] (True = may attend) or None -> [B, L, dim]."""
+        q, k, v = self.project(x, positions)
+        return self.output(attend(q, k, v, mask, is_causal))

@@ -1,0 +1,84 @@
+"""Attention helpers and module against hand-written loops."""
+
+import math
+
+import torch
+
+from lact_app.nn import (
+    Attention,
+    RotaryEmbedding,
+    attend,
+    block_diagonal_mask,
+    causal_window_mask,
+    chunk_local_attention,
+    chunk_local_mask,
+    interleaved_layout,
+    merge_views,
+    per_view,
+)
+
+
+def _qkv(B=2, h=2, L=6, d=4, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(B, h, L, d, generator=g, dtype=dtype) for _ in range(3)]
+
+
+def _loop_attention(q, k, v, mask):
+    out = torch.zeros_like(q)
+    for b in range(q.size(0)):
+        for h in range(q.size(1)):
+            for i in range(q.size(2)):
+                keys = mask[i].nonzero().flatten()
+                scores = torch.stack([q[b, h, i] @ k[b, h, j] for j in keys]) / math.sqrt(q.size(-1))
+                weights = scores.softmax(0)
+                out[b, h, i] = sum(w * v[b, h, j] for w, j in zip(weights, keys))
+    return out
+
+
+def test_attend_with_mask_equals_loop():
+    q, k, v = _qkv(B=1)
+    mask = causal_window_mask(6, window=3)
+    torch.testing.assert_close(attend(q, k, v, mask), _loop_attention(q, k, v, mask), rtol=0, atol=1e-12)
+    causal = attend(q, k, v, causal_window_mask(6))
+    torch.testing.assert_close(attend(q, k, v, is_causal=True), causal, rtol=0, atol=1e-12)
+
+
+def test_chunk_local_attention_equals_masked():
+    layout = interleaved_layout(3, 2, repeats=2)
+    q, k, v = _qkv(L=sum(s.length for s in layout))
+    for context in (None, 1):
+        mask = chunk_local_mask(layout, clean_context=context)
+        expected = attend(q, k, v, mask)
+        torch.testing.assert_close(chunk_local_attention(q, k, v, layout, context), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(expected, _loop_attention(q, k, v, mask), rtol=0, atol=1e-12)
+
+
+def test_attention_module_per_view_equals_block_diagonal():
+    torch.manual_seed(0)
+    attn = Attention(8, 2, qk_norm=True).double()
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    y_mask = attn(x, mask=block_diagonal_mask(2, 3))
+    y_views = merge_views(attn(per_view(x, 3)), 3)
+    torch.testing.assert_close(y_mask, y_views, rtol=0, atol=1e-12)
+
+
+def test_attention_module_causal_rope():
+    torch.manual_seed(0)
+    attn = Attention(8, 2, rope=RotaryEmbedding(4))
+    x = torch.randn(1, 6, 8)
+    y = attn(x, is_causal=True)
+    assert y.shape == (1, 6, 8)
+    x2 = x.clone()
+    x2[:, 4:] += 1.0
+    torch.testing.assert_close(attn(x2, mask=causal_window_mask(6))[:, :4], y[:, :4], rtol=0, atol=1e-6)
+    # explicit positions equal the default ones; shifted positions leave causal outputs unchanged (RoPE is relative)
+    torch.testing.assert_close(attn(x, is_causal=True, positions=torch.arange(6) + 5), y, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_project_output_roundtrip():
+    torch.manual_seed(0)
+    attn = Attention(8, 2)
+    x = torch.randn(1, 5, 8)
+    q, k, v = attn.project(x)
+    assert q.shape == (1, 2, 5, 4)
+    torch.testing.assert_close(attn.output(attend(q, k, v)), attn(x))
