@@ -1,0 +1,1 @@
+"""Plain nn.Module models of the three tasks (usable without Lightning)."""
