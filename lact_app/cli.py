@@ -1,0 +1,79 @@
+"""The command line: ``python main.py {fit,validate,test,predict} --config configs/<task>.yaml``.
+
+``cli_main(args, run=False)`` returns the CLI with ``.model``, ``.datamodule`` and ``.trainer``
+built but not run (tests and external tools use it).
+
+Models subclass ``tasks.base.LaCTTask`` and datamodules ``datamodules.base.ShardDataModule``
+(``class_path`` / ``init_args`` in YAML; ``--config`` stacks, right-most wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from datamodules.base import ShardDataModule
+from lact_app.callbacks import TestMetricsJSON
+from tasks.base import LaCTTask
+
+TRAINER_DEFAULTS = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "precision": "32-true",
+    "log_every_n_steps": 10,
+}
+
+CHECKPOINT_DEFAULTS = {
+    "checkpoint.filename": "epoch{epoch:03d}-step{step:06d}",
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.save_last": True,
+    "lr_monitor.logging_interval": "step",
+}
+
+# Values computed by the datamodule and fed to the model when classes are instantiated, as
+# (source, target, compute_fn). The LM task adds
+#   ("data", "model.init_args.vocab_size", lambda data: getattr(data, "vocab_size", None))
+# The source "data" is the instantiated datamodule. A target the chosen model class does not
+# have is ignored by jsonargparse (tests/test_cli.py pins this), so one list serves every task.
+DATA_TO_MODEL_LINKS: list[tuple[str, str, Optional[Callable[[Any], Any]]]] = []
+
+
+class LaCTCLI(LightningCLI):
+    """LightningCLI with LaCT's callbacks, defaults and argument links."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(TestMetricsJSON, "test_metrics")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+        self.link_task_arguments(parser)
+
+    def link_task_arguments(self, parser: LightningArgumentParser) -> None:
+        """Links datamodule values to model arguments (``DATA_TO_MODEL_LINKS``)."""
+        for source, target, compute_fn in DATA_TO_MODEL_LINKS:
+            parser.link_arguments(source, target, compute_fn=compute_fn, apply_on="instantiate")
+
+
+def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:
+    """Builds (and with ``run=True`` runs) the CLI; ``args`` default to ``sys.argv[1:]``.
+
+    With ``run=False`` no subcommand is expected: ``cli_main(["--config", "x.yaml"], run=False)``.
+    """
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    return LaCTCLI(
+        LaCTTask,
+        ShardDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )

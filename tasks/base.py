@@ -1,0 +1,253 @@
+"""`LaCTTask`: what the NVS, LM and video tasks share.
+
+Optimizer and schedule (AdamW, linear warmup, cosine decay), parameter groups, skipping steps on
+a bad gradient, FSDP2 sharding per block, activation checkpointing, ``torch.compile``,
+throughput / memory logging and media logging.
+
+A subclass builds its plain-PyTorch model as ``self.model`` (from ``lact_app.models``) and
+implements ``training_step`` etc.; it may override:
+
+- ``blocks() -> list[nn.Module]``: the repeated blocks to shard / checkpoint / compile one by one
+  (default: none; then only ``self.model`` is sharded as a whole).
+- ``fast_weight_parameter_names() -> set[str]``: parameters that get ``lr × fast_weight_lr_multiplier``
+  (default: every parameter of a ``lact_app.nn.FastWeightBranch``: the fast weights' initial values).
+
+Log keys are ``"{stage}/{metric}"`` (``train/loss``, ``val/psnr``, ``test/bpb``).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from lact_app.callbacks.media import add_gif
+from lact_app.nn import FastWeightBranch
+
+class WarmupCosine:
+    """LR factor: linear warmup over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return self.min_ratio + (1.0 - self.min_ratio) * cosine
+
+
+class LaCTTask(pl.LightningModule):
+    """Base task: optimization, sharding and logging shared by every LaCT task.
+
+    Args:
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay, applied to parameters with 2 or more dimensions only
+            (matrices, embeddings, fast-weight initial values); biases, norm gains and other
+            vectors/scalars get none, as in the reference code.
+        betas: AdamW betas.
+        warmup_steps: steps of linear warmup from ~0 to ``lr``.
+        max_steps_for_schedule: step at which the cosine decay reaches ``min_lr_ratio × lr``.
+            None: ``trainer.estimated_stepping_batches``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        fast_weight_lr_multiplier: learning-rate multiplier for the fast weights' initial values
+            (see ``fast_weight_parameter_names``).
+        grad_skip_threshold: skip the optimizer step when the global gradient norm exceeds this
+            (after ``grad_skip_after`` steps). Steps with a non-finite norm are always skipped.
+            None: no threshold.
+        grad_skip_after: global step from which ``grad_skip_threshold`` applies.
+        compile: ``torch.compile`` each block (see ``blocks``) in place.
+        activation_checkpointing: recompute each block's activations in backward.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        max_steps_for_schedule: Optional[int] = None,
+        min_lr_ratio: float = 0.0,
+        fast_weight_lr_multiplier: float = 1.0,
+        grad_skip_threshold: Optional[float] = None,
+        grad_skip_after: int = 0,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.skipped_steps = 0
+        self._model_configured = False
+        self._clocks: dict[str, float] = {}
+
+    # -- hooks for subclasses -----------------------------------------------------------------
+
+    def blocks(self) -> list[nn.Module]:
+        """The repeated blocks of ``self.model`` (sharded, checkpointed and compiled one by one)."""
+        return []
+
+    def fast_weight_parameter_names(self) -> set[str]:
+        """Names (as in ``named_parameters()``) of the fast weights' initial values: every parameter
+        of a :class:`~lact_app.nn.FastWeightBranch` (full-rank w0/w1/w2 or low-rank factors)."""
+        return {
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in self.named_modules()
+            if isinstance(module, FastWeightBranch)
+            for name, _ in module.named_parameters()
+        }
+
+    # -- optimizer and schedule ---------------------------------------------------------------
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups ``decay`` / ``no_decay`` / ``fast_decay`` / ``fast_no_decay`` (empty ones dropped)."""
+        fast = self.fast_weight_parameter_names()
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                key = ("fast_" if name in fast else "") + ("decay" if p.ndim >= 2 else "no_decay")
+                groups.setdefault(key, []).append(p)
+        hp = self.hparams
+        return [
+            {"name": key, "params": params,
+             "weight_decay": 0.0 if key.endswith("no_decay") else hp.weight_decay,
+             "lr": hp.lr * (hp.fast_weight_lr_multiplier if key.startswith("fast_") else 1.0)}
+            for key, params in sorted(groups.items())
+        ]
+
+    def schedule_total_steps(self) -> int:
+        if self.hparams.max_steps_for_schedule is not None:
+            return self.hparams.max_steps_for_schedule
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
+        factor = WarmupCosine(hp.warmup_steps, self.schedule_total_steps(), hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- skipping bad steps -------------------------------------------------------------------
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of all gradients (full, across FSDP2 shards)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def should_skip_step(self, norm: torch.Tensor) -> bool:
+        if not torch.isfinite(norm):
+            return True
+        hp = self.hparams
+        return hp.grad_skip_threshold is not None and self.global_step >= hp.grad_skip_after \
+            and norm.item() > hp.grad_skip_threshold
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skips the coming step on a bad gradient by dropping every gradient.
+
+        Lightning calls this after backward and after AMP unscaling, inside the optimizer step.
+        AdamW leaves parameters whose ``grad`` is None untouched, state and step count included
+        (zeroed gradients would still move its moments); the LR schedule advances as usual.
+        """
+        norm = self.grad_norm()
+        if self.should_skip_step(norm):
+            self.skipped_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+        self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False)
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+
+    # -- scale: sharding, checkpointing, compile ----------------------------------------------
+
+    def configure_model(self) -> None:
+        """Activation checkpointing, then compile, then FSDP2 per block and on ``self.model``.
+
+        Sharding applies only when a device mesh is set (``ModelParallelStrategy``); metrics and
+        other modules outside ``self.model`` stay replicated.
+        """
+        if self._model_configured:
+            return
+        self._model_configured = True
+        for block in self.blocks():
+            if self.hparams.activation_checkpointing:
+                from torch.distributed._composable import checkpoint
+                checkpoint(block)
+            if self.hparams.compile:
+                block.compile()
+        if self.device_mesh is not None:
+            self.shard_model(self.device_mesh)
+
+    def shard_model(self, mesh) -> None:
+        """``fully_shard`` each block, then ``self.model``, over the mesh's data-parallel dimension."""
+        from torch.distributed.fsdp import fully_shard
+        names = mesh.mesh_dim_names or ()
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        for block in self.blocks():
+            fully_shard(block, mesh=dp_mesh)
+        fully_shard(self.model, mesh=dp_mesh)
+
+    # -- logging helpers ------------------------------------------------------------------------
+
+    def log_throughput(self, stage: str, n_items: float, unit: str) -> None:
+        """Logs ``{stage}/{unit}_per_s``: ``n_items`` over the time since this stage's previous call."""
+        now = time.perf_counter()
+        last = self._clocks.get(stage)
+        self._clocks[stage] = now
+        if last is not None and now > last:
+            self.log(f"{stage}/{unit}_per_s", n_items / (now - last), on_step=stage == "train",
+                     on_epoch=stage != "train")
+
+    def log_peak_memory(self, stage: str) -> None:
+        """Logs ``{stage}/peak_mem_gib``: CUDA max allocated memory, or the process's peak RSS on CPU."""
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        self.log(f"{stage}/peak_mem_gib", peak / 2**30, on_step=stage == "train",
+                 on_epoch=stage != "train")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log_peak_memory("train")
+        skipped = getattr(self.trainer.datamodule, "skipped_samples", None)
+        if skipped is not None:
+            self.log("data/skipped_samples", float(skipped), on_step=True, on_epoch=False)
+
+    def tensorboard(self):
+        """The TensorBoard ``SummaryWriter`` of the first TensorBoard logger (None without one, or off rank 0)."""
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return None
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        return loggers[0].experiment if loggers else None
+
+    def log_images(self, tag: str, images: torch.Tensor) -> None:
+        """Logs ``images``: [N, C, H, W] in [0, 1] at the current global step (rank 0, TensorBoard)."""
+        writer = self.tensorboard()
+        if writer is not None:
+            writer.add_images(tag, images.detach().float().clamp(0, 1).cpu(), self.global_step)
+
+    def log_video(self, tag: str, video: torch.Tensor, fps: float = 8.0) -> None:
+        """Logs ``video``: [T, C, H, W] or [N, T, C, H, W] in [0, 1] as an animated GIF (clips side by side)."""
+        writer = self.tensorboard()
+        if writer is not None:
+            add_gif(writer, tag, video, self.global_step, fps)
+
+    def predictions_dir(self) -> Path:
+        """``<log_dir>/predictions/`` (created), where ``predict`` writes its outputs."""
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        path = Path(root) / "predictions"
+        path.mkdir(parents=True, exist_ok=True)
+        return path

@@ -1,0 +1,116 @@
+"""LaCTTask: parameter groups, the warmup + cosine schedule, skipping a bad step, media helpers."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lact_app.callbacks.media import encode_gif, gif_summary
+from lact_app.nn import FastWeightBranch
+from tasks.base import LaCTTask, WarmupCosine
+from tests.toy import ToyTask
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FastToy(ToyTask):
+    """ToyTask plus a low-rank fast-weight branch (its factors are fast weights too)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fast = FastWeightBranch(num_heads=1, head_dim=4, w_init="low_rank", low_rank=2)
+
+
+def _groups(task):
+    return {g["name"]: g for g in task.parameter_groups()}
+
+
+def test_parameter_groups():
+    task = FastToy(lr=1e-3, weight_decay=0.1, fast_weight_lr_multiplier=10.0)
+    groups = _groups(task)
+    assert set(groups) == {"decay", "no_decay", "fast_decay"}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in groups["decay"]["params"])
+    assert all(p.ndim < 2 for p in groups["no_decay"]["params"])
+    assert groups["fast_decay"]["params"] == list(task.fast.parameters())
+    assert groups["fast_decay"]["lr"] == pytest.approx(1e-2) and groups["decay"]["lr"] == 1e-3
+    n_params = sum(len(g["params"]) for g in groups.values())
+    assert n_params == len(list(task.parameters()))
+
+
+def test_warmup_cosine_values():
+    f = WarmupCosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+
+
+def test_configure_optimizers_keeps_group_multiplier():
+    task = FastToy(lr=1e-3, warmup_steps=2, max_steps_for_schedule=10, fast_weight_lr_multiplier=3.0)
+    config = task.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["fast_decay"] == pytest.approx(3 * lrs["decay"]) and lrs["decay"] == pytest.approx(5e-4)
+    optimizer.step()
+    scheduler.step()
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups}["decay"] == pytest.approx(1e-3)
+
+
+
+def _backward(task, scale=1.0):
+    x = torch.randn(8, 4)
+    (task.model(x).sum() * scale).backward()
+
+
+@pytest.mark.parametrize("bad", ["inf", "threshold"])
+def test_bad_step_is_skipped_and_adamw_state_untouched(bad, monkeypatch):
+    task = ToyTask(lr=1e-2, grad_skip_threshold=1e3)
+    monkeypatch.setattr(LaCTTask, "global_step", property(lambda self: 5))
+    task.log = lambda *a, **k: None
+    optimizer = torch.optim.AdamW(task.parameter_groups(), lr=1e-2)
+    _backward(task)
+    task.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    optimizer.zero_grad()
+    before_params = [p.detach().clone() for p in task.parameters()]
+    before_state = {k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state.items()}
+
+    _backward(task, scale=math.inf if bad == "inf" else 1e6)
+    task.on_before_optimizer_step(optimizer)
+    optimizer.step()
+
+    assert task.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before_params, task.parameters()))
+    for key, state in optimizer.state.items():
+        assert all(torch.equal(state[n], before_state[key][n]) for n in state)
+
+
+def test_threshold_waits_for_grad_skip_after(monkeypatch):
+    task = ToyTask(grad_skip_threshold=1e-9, grad_skip_after=10)
+    monkeypatch.setattr(LaCTTask, "global_step", property(lambda self: 3))
+    assert not task.should_skip_step(torch.tensor(1.0))
+    assert task.should_skip_step(torch.tensor(float("nan")))
+
+
+def test_gif_summary_is_an_animated_gif():
+    video = torch.rand(2, 5, 3, 8, 6)  # [N, T, C, H, W]
+    data, height, width = encode_gif(video)
+    assert data[:6] in (b"GIF87a", b"GIF89a") and (height, width) == (8, 12)
+    image = gif_summary("val/video", video[0]).value[0].image
+    assert image.encoded_image_string[:3] == b"GIF" and image.width == 6
+
+
+def test_activation_checkpointing_keeps_gradients():
+    torch.manual_seed(0)
+    plain = ToyTask()
+    checkpointed = ToyTask(activation_checkpointing=True, compile=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.configure_model()
+    x = torch.randn(5, 4)
+    for task in (plain, checkpointed):
+        task.model(x).square().sum().backward()
+    for a, b in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)

@@ -1,0 +1,167 @@
+"""The command line: help, building from configs, every config under configs/, fit → test, 2-process runs.
+
+Config discovery (``test_every_task_config_builds``): every ``configs/**/*.yaml`` with a top-level
+``model:`` key is built with ``cli_main([...], run=False)``; trainer-only fragments under
+``configs/trainer/`` are checked by stacking them on the toy config instead. Task engineers add
+nothing here. Two optional comment lines at the top of a config steer the test:
+
+- ``# test-base: configs/lm.yaml`` — stack this YAML on that one (for scale fragments that only
+  change widths/trainer and have no ``model:`` key of their own; such fragments are picked up too).
+- ``# test-overrides: --model.init_args.dim=32 --model.init_args.num_layers=2`` — extra CLI
+  arguments (shell-quoted) that shrink the model so it builds in seconds on a CPU.
+
+Configs under ``configs/scale/`` additionally get a CPU trainer (``CPU_TRAINER``): they are meant
+for GPUs, bf16 and sharding.
+
+The 2-process runs launch ``python main.py`` subprocesses from the repository root: Lightning's
+DDP relaunches the current command, which inside pytest would be pytest.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lact_app.cli import cli_main
+from tests.conftest import REPO_ROOT
+from tests.toy import ToyDataModule, ToyTask, write_toy_config
+
+CPU_TRAINER = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
+               "--trainer.strategy=auto"]
+
+
+def directives(path: Path) -> dict[str, str]:
+    """``# test-<name>: value`` comment lines at the top of a YAML, as {name: value}."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        name, sep, value = line[1:].strip().partition(":")
+        if sep and name.startswith("test-"):
+            found[name[len("test-"):]] = value.strip()
+    return found
+
+
+def has_model_key(path: Path) -> bool:
+    return any(line.startswith("model:") for line in path.read_text().splitlines())
+
+
+def task_configs() -> list[Path]:
+    configs = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+    return [p for p in configs if "trainer" not in p.relative_to(REPO_ROOT / "configs").parts[:1]
+            and (has_model_key(p) or "base" in directives(p))]
+
+
+def config_args(path: Path, tmp_path: Path) -> list[str]:
+    """The ``cli_main`` arguments that build ``path`` on this CPU (see the module docstring)."""
+    steer = directives(path)
+    args = ["--config", str(REPO_ROOT / steer["base"])] if "base" in steer else []
+    args += ["--config", str(path), f"--trainer.default_root_dir={tmp_path}"]
+    if "scale" in path.relative_to(REPO_ROOT / "configs").parts:
+        args += CPU_TRAINER
+    return args + shlex.split(steer.get("overrides", ""))
+
+
+def run_main(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture
+def toy_yaml(tmp_path, toy_cache) -> Path:
+    return write_toy_config(tmp_path / "toy.yaml", toy_cache, tmp_path / "logs")
+
+
+@pytest.mark.timeout(60)
+def test_help_lists_subcommands():
+    out = run_main("--help").stdout
+    assert all(cmd in out for cmd in ("fit", "validate", "test", "predict"))
+
+
+@pytest.mark.timeout(60)
+def test_cli_builds_without_running(toy_yaml):
+    cli = cli_main(["--config", str(toy_yaml)], run=False)
+    assert isinstance(cli.model, ToyTask) and isinstance(cli.datamodule, ToyDataModule)
+    assert cli.model.hparams.hidden == 8 and cli.trainer.max_steps == 4
+    names = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"ModelCheckpoint", "LearningRateMonitor", "TestMetricsJSON"} <= names
+    assert not cli.trainer.checkpoint_callback.auto_insert_metric_name
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fragment", sorted((REPO_ROOT / "configs" / "trainer").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_trainer_fragments_stack_on_a_task_config(fragment, toy_yaml):
+    args = ["--config", str(toy_yaml), "--config", str(fragment)]
+    if "gpu" in fragment.stem and not torch.cuda.is_available():
+        args += CPU_TRAINER[:1] + ["--trainer.precision=bf16-mixed"]
+    cli = cli_main(args, run=False)
+    assert cli.trainer.max_steps == 4  # the task config's trainer keys survive the fragment
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("config", task_configs(), ids=lambda p: str(p.relative_to(REPO_ROOT / "configs")))
+def test_every_task_config_builds(config, tmp_path):
+    cli = cli_main(config_args(config, tmp_path), run=False)
+    assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
+
+
+@pytest.mark.timeout(120)
+def test_fit_then_test_writes_metrics_json(toy_yaml, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["main.py"])  # LightningCLI warns about pytest's own argv
+    fit = cli_main(["fit", "--config", str(toy_yaml)])
+    assert fit.trainer.global_step == 4
+    last = Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    assert last.is_file()
+    tested = cli_main(["test", "--config", str(toy_yaml), "--ckpt_path", str(last)])
+    metrics = json.loads((Path(tested.trainer.log_dir) / "test_metrics.json").read_text())
+    assert set(metrics) == {"test/loss"} and metrics["test/loss"] > 0
+
+
+def _version_dir(root: Path, version: int) -> Path:
+    return root / "lightning_logs" / f"version_{version}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ddp_two_processes_fit_and_test(toy_yaml, tmp_path):
+    ddp = str(REPO_ROOT / "configs/trainer/ddp_cpu.yaml")
+    run_main("fit", "--config", str(toy_yaml), "--config", ddp)
+    last = _version_dir(tmp_path / "logs", 0) / "checkpoints" / "last.ckpt"
+    run_main("test", "--config", str(toy_yaml), "--config", ddp, "--ckpt_path", str(last))
+    metrics = json.loads((_version_dir(tmp_path / "logs", 1) / "test_metrics.json").read_text())
+    assert metrics["test/loss"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fsdp2_two_processes_fit_and_resume(toy_yaml, tmp_path):
+    fsdp = str(REPO_ROOT / "configs/trainer/fsdp2_cpu.yaml")
+    run_main("fit", "--config", str(toy_yaml), "--config", fsdp)
+    last = _version_dir(tmp_path / "logs", 0) / "checkpoints" / "last.ckpt"
+    assert last.is_dir()  # a distributed (DCP) checkpoint: one file per rank
+    run_main("fit", "--config", str(toy_yaml), "--config", fsdp, "--trainer.max_steps=6",
+             "--ckpt_path", str(last))
+    resumed = [p.name for p in (_version_dir(tmp_path / "logs", 1) / "checkpoints").iterdir()]
+    assert any("step000006" in name for name in resumed), resumed
+
+
+@pytest.mark.timeout(60)
+def test_data_to_model_links(toy_yaml, monkeypatch):
+    """A link feeds a datamodule value to the model; a target the model lacks is ignored."""
+    import lact_app.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "DATA_TO_MODEL_LINKS", [
+        ("data", "model.init_args.hidden", lambda data: data.samples_per_shard),
+        ("data", "model.init_args.vocab_size", lambda data: getattr(data, "vocab_size", None)),
+    ])
+    cli = cli_main(["--config", str(toy_yaml), "--data.init_args.samples_per_shard=5"], run=False)
+    assert cli.model.hparams.hidden == 5
