@@ -57,4 +57,5 @@ __all__ = [
     "rotate",
     "segment_bounds",
     "segment_keys",
+    "split_heads",
 ]

@@ -3,7 +3,6 @@
 import itertools
 
 import pytest
-import torch
 
 from lact_app.ops import (
     Op,

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from lact_app.callbacks.media import encode_gif, gif_summary
 from lact_app.nn import FastWeightBranch
