@@ -1,0 +1,169 @@
+"""The LaCT language model (LACT_SPEC.md §3.1) and its cached generation.
+
+embedding → N × :class:`~lact_app.nn.hybrid.HybridBlock` (window attention + LaCT, shared qkv)
+→ RMSNorm → untied LM head. Logits at position t depend on tokens ≤ t only: the window attention
+is causal and the fast weights a token reads have seen earlier chunks only.
+
+Generation streams: the prompt is prefilled in one pass into an :class:`LMCache`, then tokens are
+decoded one at a time against it (fast weights, the incomplete chunk and a rolling KV cache per
+layer), so memory and per-token time stay flat as the context grows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..nn.hybrid import HybridBlock, HybridLaCTAttention, LayerCache
+
+
+def default_mlp_hidden(dim: int) -> int:
+    """The SwiGLU width of the reference (fla ``GatedMLP``, ratio 4): 256·⌈⌊8d/3⌋ / 256⌉."""
+    return 256 * math.ceil(int(dim * 4 * 2 / 3) / 256)
+
+
+class LMCache:
+    """The decoding state of every layer, advanced in place by :meth:`LaCTLM.forward`."""
+
+    def __init__(self, num_layers: int):
+        self.layers = [LayerCache() for _ in range(num_layers)]
+
+    @property
+    def pos(self) -> int:
+        """Tokens consumed so far (the position of the next token)."""
+        return self.layers[0].pos
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """The next token from logits: [B, V] -> [B, 1] (greedy at temperature 0)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+class LaCTLM(nn.Module):
+    """Decoder-only LM with hybrid LaCT + sliding-window layers.
+
+    Args:
+        vocab_size: size of the embedding and of the output head.
+        dim: model width d.
+        num_layers: number of blocks.
+        num_attn_heads: attention heads per layer.
+        num_lact_heads: fast-weight heads per layer (D = d / n_h).
+        window: sliding-window size w of the attention.
+        chunk: LaCT chunk size c.
+        branch: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal attention,
+            the Transformer baseline) or ``"none"`` (window attention only).
+        inter_multi: fast-weight hidden width H = inter_multi · D.
+        base_lr: per-token inner lr at zero logit (reference 1e-3).
+        use_momentum: momentum on the inner updates.
+        use_muon: Newton–Schulz orthogonalisation of the inner updates.
+        w_init: initial fast weights: ``"low_rank"`` (L·R + 0.5·I, the reference configs),
+            ``"normal"`` or ``"nvs"``.
+        low_rank: rank of the low-rank w0/w2.
+        init_gain: gain of the low-rank factors.
+        fast_rope: RoPE on the fast q, k.
+        rope_theta: RoPE base.
+        mlp_hidden: SwiGLU hidden width; None: the reference's rule (:func:`default_mlp_hidden`).
+        norm_eps: eps of the block and final RMSNorms.
+        initializer_range: std of the normal init of every Linear and the embedding (biases zero).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 256,
+        num_layers: int = 4,
+        num_attn_heads: int = 4,
+        num_lact_heads: int = 4,
+        window: int = 512,
+        chunk: int = 512,
+        branch: str = "lact",
+        inter_multi: float = 1.0,
+        base_lr: float = 1e-3,
+        use_momentum: bool = True,
+        use_muon: bool = False,
+        w_init: str = "low_rank",
+        low_rank: int = 32,
+        init_gain: float = 0.5,
+        fast_rope: bool = True,
+        rope_theta: float = 1e6,
+        mlp_hidden: Optional[int] = None,
+        norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, dim)
+        mixer_args = (dim, num_attn_heads, num_lact_heads, window, chunk, branch, inter_multi, base_lr,
+                      use_momentum, use_muon, w_init, low_rank, init_gain, fast_rope, rope_theta)
+        hidden = mlp_hidden or default_mlp_hidden(dim)
+        self.blocks = nn.ModuleList(
+            HybridBlock(HybridLaCTAttention(*mixer_args), dim, hidden, norm_eps) for _ in range(num_layers)
+        )
+        self.norm = nn.RMSNorm(dim, eps=norm_eps)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.initializer_range = initializer_range
+        self.apply(self._init_linear)
+
+    def _init_linear(self, module: nn.Module) -> None:
+        """N(0, initializer_range) for Linear and Embedding weights, zero biases (LACT_SPEC.md §3.1)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[LMCache] = None) -> torch.Tensor:
+        """input_ids: [B, T] -> logits [B, T, V].
+
+        Without a cache the tokens are whole sequences from position 0; with one they continue
+        the cached sequence and the cache is advanced in place.
+        """
+        x = self.embed(input_ids)
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(x, None if cache is None else cache.layers[i])
+            if cache is not None:
+                cache.layers[i] = layer_cache
+        return self.head(self.norm(x))
+
+    def new_cache(self) -> LMCache:
+        """An empty cache to stream a sequence through :meth:`forward`."""
+        return LMCache(len(self.blocks))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        use_cache: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Continue prompts: prompt_ids: [B, P] (P >= 1) -> new tokens [B, max_new_tokens].
+
+        With ``use_cache`` the prompt is prefilled in one pass and each new token costs one
+        single-token step; without it every step recomputes the whole sequence (same result).
+        """
+        if prompt_ids.size(1) < 1:
+            raise ValueError("generate needs a prompt of at least one token (e.g. the BOS token)")
+        cache = self.new_cache() if use_cache else None
+        tokens, step_input = prompt_ids, prompt_ids
+        for _ in range(max_new_tokens):
+            logits = self(step_input, cache) if use_cache else self(tokens)
+            nxt = sample_next(logits[:, -1], temperature, top_k, generator)
+            tokens = torch.cat([tokens, nxt], dim=1)
+            step_input = nxt
+        return tokens[:, prompt_ids.size(1) :]

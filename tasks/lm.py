@@ -1,0 +1,239 @@
+"""`LMTask`: next-token training of the hybrid LaCT language model, its metrics and generation.
+
+Metrics come from summed token NLL, token and byte counts (all-reduced, so DDP/FSDP-correct):
+``loss`` (nats per token), ``ppl = exp(loss)``, ``bpb = NLL / (ln 2 · bytes)``, exact for every
+tokenizer since each label's UTF-8 byte count is known. ``test`` also reports the loss by token
+position (the paper's main LM plot) as ``loss_by_position.json`` in the log folder and as a
+TensorBoard image. ``predict`` continues prompts (see ``TextDataModule``) and writes them to
+``<log_dir>/predictions/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+from torchmetrics import Metric
+
+from datamodules.text import IGNORE_INDEX
+from lact_app.models.lm import LaCTLM
+from lact_app.nn import FastWeightBranch
+from tasks.base import LaCTTask
+
+
+class TokenLoss(Metric):
+    """Summed NLL, tokens and bytes, overall and in ``num_buckets`` equal position buckets."""
+
+    full_state_update = False
+
+    def __init__(self, num_buckets: int = 16):
+        super().__init__()
+        self.num_buckets = num_buckets
+        for name, shape in (("nll", ()), ("tokens", ()), ("bytes", ()),
+                            ("bucket_nll", (num_buckets,)), ("bucket_tokens", (num_buckets,))):
+            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.seq_len = 0
+
+    def update(self, nll: torch.Tensor, mask: torch.Tensor, label_bytes: torch.Tensor) -> None:
+        """nll, mask, label_bytes: [N, T] (nll zero where mask is False)."""
+        T = nll.size(1)
+        self.seq_len = T
+        bucket = torch.arange(T, device=nll.device) * self.num_buckets // T
+        # out of place: states reset under inference mode (``validate``) must not be updated in place
+        # under ``no_grad`` (validation inside ``fit``)
+        self.nll = self.nll + nll.double().sum()
+        self.tokens = self.tokens + mask.sum()
+        self.bytes = self.bytes + label_bytes.sum()
+        self.bucket_nll = self.bucket_nll.index_add(0, bucket, nll.double().sum(0))
+        self.bucket_tokens = self.bucket_tokens.index_add(0, bucket, mask.double().sum(0))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        loss = self.nll / self.tokens.clamp(min=1)
+        return {
+            "loss": loss,
+            "ppl": loss.exp(),
+            "bpb": self.nll / (math.log(2) * self.bytes.clamp(min=1)),
+            "loss_by_position": self.bucket_nll / self.bucket_tokens.clamp(min=1),
+            "tokens_by_position": self.bucket_tokens,
+        }
+
+
+def curve_image(values: list[float], width: int = 480, height: int = 300, margin: int = 36) -> torch.Tensor:
+    """A line plot of ``values`` (min/max labelled) without matplotlib.  -> [3, H, W] in [0, 1]."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    x0, y0, x1, y1 = margin, margin // 2, width - margin // 2, height - margin
+    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill="black")
+    step = (x1 - x0) / max(1, len(values) - 1)
+    points = [(x0 + i * step, y1 - (v - lo) / span * (y1 - y0)) for i, v in enumerate(values)]
+    draw.line(points if len(points) > 1 else points * 2, fill=(31, 119, 180), width=2)
+    draw.text((2, y0), f"{hi:.3f}", fill="black")
+    draw.text((2, y1 - 10), f"{lo:.3f}", fill="black")
+    draw.text((x0, y1 + 8), "position ->", fill="black")
+    array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    return array.permute(2, 0, 1).float() / 255
+
+
+class LMTask(LaCTTask):
+    """Causal language modelling with :class:`lact_app.models.lm.LaCTLM`.
+
+    Args:
+        vocab_size: model vocabulary; at least the tokenizer's (byte: 258, GPT-2: 50257).
+        dim: model width d.
+        num_layers: number of hybrid blocks.
+        num_attn_heads: attention heads per layer.
+        num_lact_heads: fast-weight heads per layer (D = d / n_h).
+        window: sliding-window attention size w (tokens, including the current one).
+        chunk: LaCT chunk size c (apply-then-update; window >= chunk recommended).
+        branch: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal
+            attention: the Transformer baseline) or ``"none"`` (window attention only).
+        inter_multi: fast-weight hidden width H = inter_multi · D.
+        base_lr: inner (fast-weight) lr at zero logit.
+        use_momentum: momentum on the inner updates.
+        use_muon: Newton–Schulz (Muon) orthogonalisation of the inner updates.
+        w_init: initial fast weights: ``"low_rank"`` (L·R + 0.5·I), ``"normal"`` or ``"nvs"``.
+        low_rank: rank of the low-rank initial w0/w2.
+        init_gain: gain of the low-rank factors.
+        fast_rope: RoPE on the fast-weight q, k.
+        rope_theta: RoPE base.
+        mlp_hidden: SwiGLU hidden width (None: 256·⌈⌊8d/3⌋/256⌉ as the reference).
+        norm_eps: eps of the RMSNorms.
+        initializer_range: std of the normal init of linear and embedding weights.
+        position_buckets: number of equal position buckets of the test loss-by-position curve.
+        **kwargs: optimisation and scale options, see ``LaCTTask``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 258,
+        dim: int = 256,
+        num_layers: int = 4,
+        num_attn_heads: int = 4,
+        num_lact_heads: int = 4,
+        window: int = 512,
+        chunk: int = 512,
+        branch: str = "lact",
+        inter_multi: float = 1.0,
+        base_lr: float = 1e-3,
+        use_momentum: bool = True,
+        use_muon: bool = False,
+        w_init: str = "low_rank",
+        low_rank: int = 32,
+        init_gain: float = 0.5,
+        fast_rope: bool = True,
+        rope_theta: float = 1e6,
+        mlp_hidden: Optional[int] = None,
+        norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        position_buckets: int = 16,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model = LaCTLM(
+            vocab_size, dim, num_layers, num_attn_heads, num_lact_heads, window, chunk, branch,
+            inter_multi, base_lr, use_momentum, use_muon, w_init, low_rank, init_gain, fast_rope,
+            rope_theta, mlp_hidden, norm_eps, initializer_range,
+        )  # fmt: skip
+        self.val_metric = TokenLoss(position_buckets)
+        self.test_metric = TokenLoss(position_buckets)
+
+    # -- hooks of the base ------------------------------------------------------------------------
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def fast_weight_parameter_names(self) -> set[str]:
+        """Every parameter of the fast-weight branches (full-rank w0/w1/w2 or the low-rank factors)."""
+        return {f"{prefix}.{name}" for prefix, module in self.named_modules()
+                if isinstance(module, FastWeightBranch) for name, _ in module.named_parameters()}
+
+    def setup(self, stage: str) -> None:
+        data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
+        if data_vocab is not None and data_vocab > self.model.vocab_size:
+            raise ValueError(f"the tokenizer has {data_vocab} tokens but the model only {self.model.vocab_size}: "
+                             f"set --model.init_args.vocab_size={data_vocab} (or more)")
+
+    # -- model --------------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids: [B, T] -> logits [B, T, V]."""
+        return self.model(input_ids)
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: Optional[int] = None, use_cache: bool = True) -> torch.Tensor:
+        """prompt_ids: [B, P] -> new tokens [B, max_new_tokens] (see ``LaCTLM.generate``)."""
+        return self.model.generate(prompt_ids, max_new_tokens, temperature, top_k, use_cache)
+
+    def token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token NLL [N, T] (zero on padding) and the label mask [N, T]."""
+        logits = self(batch["input_ids"])
+        labels = batch["labels"]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                              reduction="none").view_as(labels)
+        return nll, labels != IGNORE_INDEX
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nll, mask = self.token_nll(batch)
+        loss = nll.sum() / mask.sum().clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=mask.size(0))
+        self.log_throughput("train", batch["input_ids"].numel(), "tokens")
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.val_metric.update(*self.token_nll(batch), batch["label_bytes"])
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.test_metric.update(*self.token_nll(batch), batch["label_bytes"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_summary("val", self.val_metric)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.log_summary("test", self.test_metric)
+        self.report_loss_by_position(metrics)
+
+    def log_summary(self, stage: str, metric: TokenLoss) -> dict[str, torch.Tensor]:
+        """Logs ``{stage}/loss``, ``/ppl``, ``/bpb`` (already all-reduced) and resets ``metric``."""
+        metrics = metric.compute()
+        metric.reset()
+        for key in ("loss", "ppl", "bpb"):  # equal on every rank: the sync is a no-op average
+            self.log(f"{stage}/{key}", metrics[key].float(), prog_bar=key == "loss", sync_dist=True)
+        return metrics
+
+    def report_loss_by_position(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Writes ``loss_by_position.json`` next to the logs and logs the curve as an image (rank 0)."""
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero:
+            return
+        T, nb = self.test_metric.seq_len, self.test_metric.num_buckets
+        losses = metrics["loss_by_position"].tolist()
+        report = {
+            "seq_len": T,
+            "bucket_start": [-(-i * T // nb) for i in range(nb)],  # bucket of position t: t · nb // T
+            "loss": losses,
+            "tokens": metrics["tokens_by_position"].tolist(),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "loss_by_position.json").write_text(json.dumps(report, indent=2))
+        self.log_images("test/loss_by_position", curve_image(losses)[None])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Continues one prompt; appends it to ``predictions/generations-rank<r>.jsonl`` and a ``.txt``."""
+        new = self.generate(batch["input_ids"], batch["max_new_tokens"], batch["temperature"], batch["top_k"])
+        text = self.trainer.datamodule.tokenizer.decode(new[0])
+        record = {"prompt": batch["prompt"], "completion": text, "tokens": new[0].tolist()}
+        out = self.predictions_dir()
+        with open(out / f"generations-rank{self.global_rank}.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        (out / f"sample{batch_idx:04d}-rank{self.global_rank}.txt").write_text(batch["prompt"] + text, encoding="utf-8")
+        return record

@@ -1,0 +1,211 @@
+"""LMTask end to end: CLI fit → test → predict (embedded stdlib data and ../shared/data/lm), learning
+on tinyshakespeare, the 760M config at reduced width, 2-process DDP / FSDP2 runs with resume.
+
+The runs stack a tiny YAML on configs/lm.yaml (chunk = window = 16) so they take seconds; they use
+one thread (tiny matmuls on a shared 2-core machine are slower with two).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from datamodules.prepare import main as prepare_main
+from lact_app.cli import cli_main
+from tasks.lm import LMTask, TokenLoss, curve_image
+from tests.conftest import REPO_ROOT
+from tests.models.test_lm import one_thread  # noqa: F401 (an autouse fixture)
+from tests.test_cli import config_args, run_main
+
+LM_YAML = REPO_ROOT / "configs/lm.yaml"
+SHARED_LM = REPO_ROOT / "../shared/data/lm"
+needs_shared = pytest.mark.skipif(not SHARED_LM.is_dir(), reason="../shared/data/lm absent")
+
+TINY = """\
+model:
+  init_args: {{dim: 32, num_layers: 2, num_attn_heads: 2, num_lact_heads: 2, window: 16, chunk: 16,
+              low_rank: 8, warmup_steps: 2, position_buckets: 4}}
+data:
+  init_args: {{seq_len: 48, batch_size: 2, samples_per_epoch: 4, shuffle_buffer: 4, max_eval_windows: 2,
+              max_new_tokens: 8, cache_dir: {cache}, prompts: ["def main():\\\\n", "import"]}}
+trainer:
+  max_steps: 2
+  default_root_dir: {root}
+  enable_progress_bar: false
+  enable_model_summary: false
+  log_every_n_steps: 1
+  num_sanity_val_steps: 0
+  limit_val_batches: 2
+  limit_test_batches: 2
+"""
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["main.py"])  # LightningCLI warns about pytest's own argv
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the main.py subprocesses
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm-runs")
+    cache = tmp_path_factory.getbasetemp() / "lm-cache"  # shared with tests/datamodules/test_text.py
+    path = root / "tiny.yaml"
+    path.write_text(TINY.format(cache=cache, root=root / "logs"))
+    return path
+
+
+def tiny_args(tiny_yaml: Path, *extra: str) -> list[str]:
+    return ["--config", str(LM_YAML), "--config", str(tiny_yaml), *extra]
+
+
+def fit_test_predict(args: list[str]) -> dict:
+    """fit → test → predict through the CLI; returns the test metrics, and the paths it wrote."""
+    fit = cli_main(["fit", *args])
+    last = Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    tested = cli_main(["test", *args, "--ckpt_path", str(last)])
+    log_dir = Path(tested.trainer.log_dir)
+    predicted = cli_main(["predict", *args, "--ckpt_path", str(last)])
+    generations = Path(predicted.trainer.log_dir) / "predictions" / "generations-rank0.jsonl"
+    images = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    images.Reload()
+    return {"fit": fit, "last": last, "metrics": json.loads((log_dir / "test_metrics.json").read_text()),
+            "images": images.Tags()["images"],
+            "positions": json.loads((log_dir / "loss_by_position.json").read_text()),
+            "generations": [json.loads(line) for line in generations.read_text().splitlines()]}
+
+
+@pytest.mark.timeout(180)
+def test_cli_fit_test_predict_on_embedded_data(tiny_yaml):
+    run = fit_test_predict(tiny_args(tiny_yaml))
+    assert run["fit"].trainer.global_step == 2
+    assert set(run["metrics"]) >= {"test/loss", "test/ppl", "test/bpb"}
+    assert run["metrics"]["test/ppl"] == pytest.approx(math.exp(run["metrics"]["test/loss"]), rel=1e-4)
+    assert 7.0 < run["metrics"]["test/bpb"] < 9.0  # ≈ log2(258) after two steps
+    assert len(run["positions"]["loss"]) == 4 and run["positions"]["seq_len"] == 48
+    assert "test/loss_by_position" in run["images"]
+    assert [g["prompt"] for g in run["generations"]] == ["def main():\n", "import"]
+    assert all(len(g["tokens"]) == 8 for g in run["generations"])
+
+
+@pytest.fixture(scope="module")
+def shakespeare(tmp_path_factory) -> Path:
+    """tinyshakespeare: the first 90 % as train shards, the last 10 % as val shards."""
+    out = tmp_path_factory.mktemp("shakespeare")
+    src = str(SHARED_LM / "tinyshakespeare/input.txt")
+    prepare_main(["text", src, "--out", str(out), "--split", "train", "--range", "0:0.9"])
+    prepare_main(["text", src, "--out", str(out), "--split", "val", "--range", "0.9:1"])
+    return out
+
+
+@needs_shared
+@pytest.mark.timeout(600)
+def test_learns_tinyshakespeare_then_test_and_predict(tiny_yaml, shakespeare, tmp_path):
+    """Val bits per byte from ≈8 (uniform over 258 tokens) to below 3.0 in a few CPU minutes."""
+    data = {"train_shards": shakespeare, "val_shards": shakespeare, "test_shards": f"{shakespeare}/val-000000.tar",
+            "seq_len": 128, "batch_size": 16, "samples_per_epoch": 16 * 300, "max_eval_windows": 32}
+    model = {"dim": 64, "window": 32, "chunk": 32, "low_rank": 16, "lr": 5e-3, "warmup_steps": 20,
+             "min_lr_ratio": 0.1, "position_buckets": 8}
+    data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
+    model = [f"--model.init_args.{k}={v}" for k, v in model.items()]
+    args = tiny_args(tiny_yaml, *data, *model, "--trainer.max_steps=300", "--trainer.limit_val_batches=null",
+                     f"--trainer.default_root_dir={tmp_path}")
+    cli = cli_main(args, run=False)
+    before = cli.trainer.validate(cli.model, datamodule=cli.datamodule)[0]["val/bpb"]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    after = float(cli.trainer.callback_metrics["val/bpb"])
+    print(f"tinyshakespeare val bpb: {before:.3f} -> {after:.3f} in 300 steps")
+    assert 7.5 < before < 8.5 and after < 3.0
+    last = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    tested = cli_main(["test", *args, "--ckpt_path", str(last)])
+    metrics = json.loads((Path(tested.trainer.log_dir) / "test_metrics.json").read_text())
+    positions = json.loads((Path(tested.trainer.log_dir) / "loss_by_position.json").read_text())
+    assert metrics["test/bpb"] < 3.0
+    assert positions["loss"][-1] < positions["loss"][0]  # context helps: later positions are easier
+    (tmp_path / "prompts.txt").write_text("ROMEO:\n")
+    predicted = cli_main(["predict", *args, "--ckpt_path", str(last), "--data.init_args.prompts=null",
+                          f"--data.init_args.prompts_file={tmp_path / 'prompts.txt'}"])
+    (record,) = (json.loads(x) for x in (Path(predicted.trainer.log_dir) / "predictions/generations-rank0.jsonl")
+                 .read_text().splitlines())
+    assert record["prompt"] == "ROMEO:" and len(record["tokens"]) == 8
+
+
+@needs_shared
+@pytest.mark.timeout(180)
+def test_gpt2_bpe_on_pretokenized_alice(tiny_yaml, tmp_path):
+    gpt2 = SHARED_LM / "gpt2_tiktoken/gpt2.tiktoken"
+    src = str(SHARED_LM / "gutenberg_alice/en-alice.txt")
+    for split, fraction in (("train", "0:0.9"), ("test", "0.9:1")):
+        prepare_main(["text", src, "--out", str(tmp_path / "alice"), "--split", split, "--range", fraction,
+                      "--strip-gutenberg", "--tokenizer", str(gpt2)])
+    shards = tmp_path / "alice"
+    run = fit_test_predict(tiny_args(
+        tiny_yaml, f"--data.init_args.tokenizer={gpt2}", "--model.init_args.vocab_size=50304",
+        f"--data.init_args.train_shards={shards}", f"--data.init_args.val_shards={shards}/test-000000.tar",
+        f"--data.init_args.test_shards={shards}/test-000000.tar", f"--trainer.default_root_dir={tmp_path}"))
+    # ≈ log(50304) nats per token after two steps; bpb over ≈4 bytes per GPT-2 token
+    assert run["metrics"]["test/loss"] == pytest.approx(math.log(50304), rel=0.1)
+    assert 1.5 < run["metrics"]["test/bpb"] < 5.0
+    assert all(len(g["tokens"]) == 8 for g in run["generations"])
+
+
+def test_vocab_smaller_than_tokenizer_is_a_clear_error(tiny_yaml):
+    cli = cli_main(tiny_args(tiny_yaml, "--model.init_args.vocab_size=100"), run=False)
+    with pytest.raises(ValueError, match="vocab_size=258"):  # before any compute
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+@pytest.mark.timeout(180)
+def test_760m_config_runs_one_step_at_reduced_width(tmp_path, tiny_yaml):
+    config = REPO_ROOT / "configs/scale/lm_760m.yaml"
+    args = config_args(config, tmp_path) + [
+        "--config", str(tiny_yaml), "--trainer.max_steps=1", "--trainer.precision=bf16-mixed",
+        f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
+    ]
+    cli = cli_main(["fit", *args])
+    assert cli.trainer.global_step == 1 and cli.model.hparams.activation_checkpointing
+    assert cli.model.model.blocks[0].mixer.fast.use_muon
+
+
+def test_token_loss_metric_and_curve():
+    metric = TokenLoss(num_buckets=2)
+    nll = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    metric.update(nll, mask, mask.long() * 2)
+    out = metric.compute()
+    assert out["loss"] == pytest.approx(2.0) and out["bpb"] == pytest.approx(6 / (math.log(2) * 6))
+    assert out["loss_by_position"].tolist() == [1.5, 3.0]
+    image = curve_image(out["loss_by_position"].tolist())
+    assert image.shape == (3, 300, 480) and image.min() < 0.5 < image.max()
+
+
+def test_generate_delegates_to_the_model():
+    torch.manual_seed(0)
+    task = LMTask(dim=32, num_layers=1, num_attn_heads=2, num_lact_heads=2, window=8, chunk=8, low_rank=4)
+    prompt = torch.randint(0, 258, (1, 5))
+    out = task.generate(prompt, 12)
+    assert out.shape == (1, 12) and torch.equal(out, task.model.generate(prompt, 12, use_cache=False))
+    names = task.fast_weight_parameter_names()
+    assert names and all(".fast." in n for n in names)
+    assert {g["name"] for g in task.parameter_groups()} >= {"fast_decay", "decay", "no_decay"}
+
+
+def _last_checkpoint(root: Path, version: int) -> Path:
+    return root / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", ["ddp_cpu", "fsdp2_cpu"])
+def test_two_processes_fit_and_resume(strategy, tiny_yaml, tmp_path):
+    args = [*tiny_args(tiny_yaml), "--config", str(REPO_ROOT / f"configs/trainer/{strategy}.yaml"),
+            f"--trainer.default_root_dir={tmp_path}"]
+    run_main("fit", *args, timeout=240)
+    last = _last_checkpoint(tmp_path, 0)
+    assert last.exists()
+    run_main("fit", *args, "--trainer.max_steps=4", "--ckpt_path", str(last), timeout=240)
+    names = [p.name for p in _last_checkpoint(tmp_path, 1).parent.iterdir()]
+    assert any("step000004" in n for n in names), names
