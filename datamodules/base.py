@@ -5,6 +5,9 @@ A subclass implements three hooks:
 - ``decode_sample(sample) -> item | None``: raw webdataset sample (a dict of bytes keyed by
   extension, plus ``__key__``/``__url__``) → one decoded item; return None (or raise) for a bad
   sample, which is then skipped with a warning and counted.
+- ``decoder(split) -> callable`` (optional): the decode function of one split's loader, e.g. a
+  random window or crop in training and a deterministic one in evaluation (default:
+  ``decode_sample`` for every split).
 - ``collate(items) -> batch``: a list of decoded items → one batch (default: ``default_collate``).
 - ``build_default_dataset(root)``: write the embedded default dataset as
   ``root/{train,val,test}-%06d.tar`` (used when ``train_shards`` is None); bump the class
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 from torch.utils.data import default_collate
@@ -84,6 +87,14 @@ class ShardDataModule(pl.LightningDataModule):
         """Decodes one raw webdataset sample; returns None (or raises) when it is bad."""
         raise NotImplementedError(f"{type(self).__name__} must implement decode_sample()")
 
+    def decoder(self, split: str) -> Callable[[dict], Any]:
+        """The decode function of ``split``'s loader (``"train"``, ``"val"``, ``"test"``, ``"predict"``).
+
+        Default: ``decode_sample`` for every split. It travels to worker processes, so it must be
+        picklable (a bound method of this datamodule is).
+        """
+        return self.decode_sample
+
     def collate(self, items: list[Any]) -> Any:
         """Collates decoded items into a batch."""
         return default_collate(items)
@@ -146,7 +157,7 @@ class ShardDataModule(pl.LightningDataModule):
         rank, _ = self.rank_and_world()
         step = self.trainer.global_step if self.trainer is not None else 0
         return shards.train_loader(
-            self.urls["train"], decode=self.decode_sample, collate=self.collate,
+            self.urls["train"], decode=self.decoder("train"), collate=self.collate,
             batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch(),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
             num_workers=self.num_workers, counter=self.skip_counter,
@@ -158,7 +169,7 @@ class ShardDataModule(pl.LightningDataModule):
             return []
         rank, world = self.rank_and_world()
         return shards.eval_loader(
-            self.urls[split], decode=self.decode_sample, collate=self.collate,
+            self.urls[split], decode=self.decoder(split), collate=self.collate,
             batch_size=self.batch_size, rank=rank, world_size=world,
             num_workers=self.num_workers, counter=self.skip_counter,
         )

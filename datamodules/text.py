@@ -156,14 +156,9 @@ class TextDataModule(ShardDataModule):
         windows = [w for item in items for w in item]
         return {key: torch.stack([w[key] for w in windows]) for key in windows[0]}
 
-    def train_dataloader(self):
-        # The base hands one decode hook to every split, but training draws a random window per
-        # document while evaluation reads all of them: shadow the hook while the loader is built.
-        self.decode_sample = self.decode_training_sample
-        try:
-            return super().train_dataloader()
-        finally:
-            del self.decode_sample
+    def decoder(self, split: str):
+        """Training draws one random window per document; evaluation reads all of them."""
+        return self.decode_training_sample if split == "train" else self.decode_sample
 
     # -- predict ------------------------------------------------------------------------------
 

@@ -97,15 +97,9 @@ class VideoDataModule(ShardDataModule):
         """Training decoding: a random clip, random crop."""
         return self.decode_clip(sample, train=True)
 
-    def train_dataloader(self):
-        # The base hands ``self.decode_sample`` to every loader; training wants random clips and
-        # crops, so the training decoder shadows the hook while the training loader is built.
-        # (Base change requested: pass the split to ``decode_sample``.)
-        self.decode_sample = self.decode_train_sample
-        try:
-            return super().train_dataloader()
-        finally:
-            del self.decode_sample
+    def decoder(self, split: str):
+        """Training decodes random clips and crops; evaluation the first clip, centre crop."""
+        return self.decode_train_sample if split == "train" else self.decode_sample
 
     def decode_clip(self, sample: dict, train: bool) -> dict:
         """One clip of a raw sample.  -> ``{"video": [F, 3, H, W] float in [0, 1], ("cond")}``."""
