@@ -10,6 +10,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+# One intra-op thread per process (set before torch is imported, inherited by the `python main.py`
+# subprocesses): the test models are tiny, and two 2-process runs' OpenMP pools on a 2-core machine
+# oversubscribe it, which made steps up to 60x slower in practice.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
