@@ -1,6 +1,6 @@
 """`ShardDataModule`: the webdataset datamodule every task's datamodule derives from.
 
-A subclass implements three hooks:
+A subclass implements these hooks:
 
 - ``decode_sample(sample) -> item | None``: raw webdataset sample (a dict of bytes keyed by
   extension, plus ``__key__``/``__url__``) → one decoded item; return None (or raise) for a bad
@@ -84,7 +84,10 @@ class ShardDataModule(pl.LightningDataModule):
     # -- hooks for subclasses -----------------------------------------------------------------
 
     def decode_sample(self, sample: dict) -> Any:
-        """Decodes one raw webdataset sample; returns None (or raises) when it is bad."""
+        """Decodes one raw webdataset sample; returns None (or raises) when it is bad.
+
+        Not needed when ``decoder`` is overridden for every split.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement decode_sample()")
 
     def decoder(self, split: str) -> Callable[[dict], Any]:
@@ -147,7 +150,9 @@ class ShardDataModule(pl.LightningDataModule):
             spec = self.shard_spec(split)
             if spec is None and split == "val" and stage == "fit":
                 continue
-            self.urls[split] = shards.resolve_shards(spec, split, allow_pipe=self.allow_pipe)
+            # Predicting falls back to the test shards: pick the test split out of their folder.
+            pattern = "test" if split == "predict" and self.shard_specs["predict"] is None else split
+            self.urls[split] = shards.resolve_shards(spec, pattern, allow_pipe=self.allow_pipe)
 
     def batches_per_epoch(self) -> int:
         _, world = self.rank_and_world()

@@ -104,6 +104,11 @@ class LaCTTask(pl.LightningModule):
             for name, _ in module.named_parameters()
         }
 
+    def fsdp_forward_methods(self) -> tuple[str, ...]:
+        """Methods of ``self.model`` that evaluation calls instead of ``forward`` (rendering,
+        generation): under FSDP2 they get the same parameter all-gather hooks as ``forward``."""
+        return ()
+
     # -- optimizer and schedule ---------------------------------------------------------------
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -193,12 +198,14 @@ class LaCTTask(pl.LightningModule):
 
     def shard_model(self, mesh) -> None:
         """``fully_shard`` each block, then ``self.model``, over the mesh's data-parallel dimension."""
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
         names = mesh.mesh_dim_names or ()
         dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
         for block in self.blocks():
             fully_shard(block, mesh=dp_mesh)
         fully_shard(self.model, mesh=dp_mesh)
+        for method in self.fsdp_forward_methods():
+            register_fsdp_forward_method(self.model, method)
 
     # -- logging helpers ------------------------------------------------------------------------
 

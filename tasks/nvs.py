@@ -1,0 +1,166 @@
+"""`NVSTask`: novel view synthesis with LaCT (LACT_SPEC.md §2) on top of ``lact_app.models.NVSModel``.
+
+Batches come from ``datamodules.nvs.NVSDataModule``: ``input_images [B, V_in, 3, H, W]`` in [0, 1],
+``input_intrinsics [B, V_in, 4]``, ``input_c2w [B, V_in, 4, 4]``, the same for ``target_*``, and
+``key`` (scene names); predict batches add ``path_intrinsics`` / ``path_c2w`` (a camera path).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.video_io import encode_mp4
+from lact_app.callbacks.media import encode_gif, to_uint8_frames
+from lact_app.metrics import LPIPS, ImageMetrics, psnr
+from lact_app.models.nvs import NVSModel
+from tasks.base import LaCTTask
+
+INPUT_KEYS = ("input_images", "input_intrinsics", "input_c2w")
+
+
+class NVSTask(LaCTTask):
+    """Trains and evaluates an LVSM-style NVS model with a LaCT layer across views.
+
+    Defaults of the model arguments are the reference ``l24_d768_ttt2x`` model.
+
+    Args:
+        patch_size: patch size p (image sides must be multiples of it).
+        dim: model width.
+        depth: number of blocks.
+        attn_head_dim: head dim of the attention sub-layers.
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        mixer: cross-view mixer: ``"lact"`` or ``"attention"`` (full attention over all views).
+        inter_multi: LaCT fast-weight hidden multiplier (2: ttt2x, 4: ttt4x).
+        base_lr: LaCT per-token inner lr at zero logit.
+        muon_steps: Newton–Schulz steps on each fast-weight update (0: none).
+        lpips_weight: λ of the LPIPS term of the loss (MSE + λ·LPIPS).
+        lpips_start_step: global step from which the LPIPS term is added (reference: 5000).
+        lpips_backbone: torchvision VGG16 weights for LPIPS; None: the torch hub cache
+            (``vgg16-397923af.pth``); ``"random"``: a random backbone (tests only). Without local
+            weights LPIPS is off (one warning, metrics NaN); nothing is ever downloaded.
+        render_chunk_views: target views rendered per pass in val/test/predict (bounds memory).
+        image_log_every_n_steps: log training input / prediction / target images every N steps.
+        video_fps: frame rate of the predicted camera-path GIF and mp4.
+        **kwargs: see ``LaCTTask`` (lr, warmup_steps, grad_skip_threshold, …).
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 8,
+        dim: int = 768,
+        depth: int = 24,
+        attn_head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        mixer: str = "lact",
+        inter_multi: float = 2.0,
+        base_lr: float = 0.01,
+        muon_steps: int = 5,
+        lpips_weight: float = 1.0,
+        lpips_start_step: int = 5000,
+        lpips_backbone: str | None = None,
+        render_chunk_views: int = 8,
+        image_log_every_n_steps: int = 200,
+        video_fps: float = 12.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model = NVSModel(patch_size, dim, depth, attn_head_dim, mlp_ratio, mixer, inter_multi, base_lr,
+                              muon_steps)  # fmt: skip
+        self.lpips = LPIPS(lpips_backbone)  # a plain object: never in checkpoints or optimizers
+        self.val_metrics = ImageMetrics(self.lpips)
+        self.test_metrics = ImageMetrics(self.lpips)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def fsdp_forward_methods(self) -> tuple[str, ...]:
+        return ("reconstruct", "render")
+
+    def forward(
+        self,
+        input_images: torch.Tensor,
+        input_intrinsics: torch.Tensor,
+        input_c2w: torch.Tensor,
+        target_intrinsics: torch.Tensor,
+        target_c2w: torch.Tensor,
+    ) -> torch.Tensor:
+        """Renders target views: images [B, V, 3, H, W] in [0, 1], intrinsics [B, V, 4] = (fx, fy, cx, cy)
+        in pixels, c2w [B, V, 4, 4] OpenCV.  -> target images [B, V_t, 3, H, W]."""
+        return self.model(input_images, input_intrinsics, input_c2w, target_intrinsics, target_c2w)
+
+    def render(self, batch: dict, intrinsics: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """Reconstructs the batch's input views once, then renders cameras [B, V, ·] in chunks."""
+        states = self.model.reconstruct(*(batch[k] for k in INPUT_KEYS))
+        size = tuple(batch["input_images"].shape[-2:])
+        return self.model.render(states, intrinsics, c2w, size, self.hparams.render_chunk_views)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def lpips_active(self) -> bool:
+        hp = self.hparams
+        return hp.lpips_weight > 0 and self.global_step >= hp.lpips_start_step and self.lpips.available
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        pred = self(*(batch[k] for k in INPUT_KEYS), batch["target_intrinsics"], batch["target_c2w"])
+        target = batch["target_images"]
+        mse = F.mse_loss(pred, target)
+        loss = mse
+        if self.lpips_active():
+            lp = self.lpips(pred.flatten(0, 1), target.flatten(0, 1)).mean()
+            loss = loss + self.hparams.lpips_weight * lp
+            self.log("train/lpips", lp, on_step=True, on_epoch=False)
+        n = target.size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/mse", mse, batch_size=n)
+        self.log("train/psnr", psnr(pred.detach().flatten(0, 1), target.flatten(0, 1)).mean(), prog_bar=True,
+                 batch_size=n)  # fmt: skip
+        self.log_throughput("train", target.size(0) * target.size(1), "views")
+        if self.global_step % self.hparams.image_log_every_n_steps == 0:
+            self.log_views("train", batch, pred)
+        return loss
+
+    def log_views(self, stage: str, batch: dict, pred: torch.Tensor) -> None:
+        """TensorBoard grids of the first scene: inputs, predictions, ground truth."""
+        self.log_images(f"{stage}/inputs", batch["input_images"][0])
+        self.log_images(f"{stage}/predictions", pred[0])
+        self.log_images(f"{stage}/targets", batch["target_images"][0])
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def _eval_step(self, batch: dict, metrics: ImageMetrics) -> torch.Tensor:
+        pred = self.render(batch, batch["target_intrinsics"], batch["target_c2w"])
+        metrics.update(pred.flatten(0, 1), batch["target_images"].flatten(0, 1))
+        return pred
+
+    def _log_metrics(self, stage: str, metrics: ImageMetrics) -> None:
+        values = metrics.compute()  # torchmetrics syncs across ranks
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        metrics.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self._eval_step(batch, self.val_metrics)
+        if batch_idx == 0:
+            self.log_views("val", batch, pred)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        """Renders each scene's camera path from its input views; writes ``<key>.gif`` and ``<key>.mp4``."""
+        videos = self.render(batch, batch["path_intrinsics"], batch["path_c2w"])
+        out, fps, written = self.predictions_dir(), self.hparams.video_fps, []
+        for key, video in zip(batch["key"], videos):
+            (out / f"{key}.gif").write_bytes(encode_gif(video, fps)[0])
+            (out / f"{key}.mp4").write_bytes(encode_mp4(to_uint8_frames(video), fps))
+            written.append(str(out / f"{key}.mp4"))
+        return written

