@@ -99,12 +99,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd op and layer")
     parser.add_argument("--quick", action="store_true", help="fewer settings and repeats (smoke run)")
+    parser.add_argument("--max-len", type=int, default=None, help="skip settings longer than this")
     parser.add_argument("--out", default="bench/results/ttt.json")
     args = parser.parse_args(argv)
 
     settings = [Setting(4096, None), Setting(4096, 512), Setting(4096, 2048), Setting(16384, 4096)]
     if args.quick:
         settings = [Setting(1024, None), Setting(1024, 256)]
+    settings = [s for s in settings if args.max_len is None or s.L <= args.max_len]
     repeats = 2 if args.quick else 5
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
@@ -119,9 +121,10 @@ def main(argv=None) -> None:
                 run, proj_flops = layer_runner(s, backward, compiled)
                 rows.append(measure(f"LaCTLayer {label}", s, run, s.op_flops() + proj_flops, backward, peak, repeats))
             print_table(rows[-4:], ["what", "setting", "pass", "ms", "GFLOP/s", "of_peak", "tokens/s"])
+        # Written after every setting, so a long run keeps what it measured.
+        write_json(args.out, {"machine": machine_info(), "peak_gflops": peak, "rows": rows,
+                              "config": {"heads": 4, "head_dim": 128, "inter_multi": 2, "dtype": "fp32"}})
     print_table(rows, ["what", "setting", "pass", "ms", "GFLOP/s", "of_peak", "tokens/s"])
-    write_json(args.out, {"machine": machine_info(), "peak_gflops": peak, "rows": rows,
-                          "config": {"heads": 4, "head_dim": 128, "inter_multi": 2, "dtype": "fp32"}})
 
 
 if __name__ == "__main__":
