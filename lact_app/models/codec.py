@@ -8,24 +8,26 @@ by subclassing :class:`FrameCodec` and naming it in the config (``codec: {class_
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
 
-class FrameCodec(nn.Module):
+class FrameCodec(nn.Module, ABC):
     """Interface of a frame codec (subclass it; parameters of a pretrained codec should be frozen)."""
 
     channels: int = 3
     temporal_stride: int = 1
     spatial_stride: int = 1
 
+    @abstractmethod
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """frames: [B, F, 3, H, W] in [0, 1] -> latents [B, F / temporal_stride, C, H / s, W / s]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents: [B, F', C, h, w] -> frames [B, F' * temporal_stride, 3, h * s, w * s] in [0, 1]."""
-        raise NotImplementedError
 
 
 class PixelCodec(FrameCodec):
