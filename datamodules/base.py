@@ -88,7 +88,7 @@ class ShardDataModule(pl.LightningDataModule):
 
         Not needed when ``decoder`` is overridden for every split.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement decode_sample()")
+        raise TypeError(f"{type(self).__name__} must implement decode_sample() or decoder()")
 
     def decoder(self, split: str) -> Callable[[dict], Any]:
         """The decode function of ``split``'s loader (``"train"``, ``"val"``, ``"test"``, ``"predict"``).
@@ -96,6 +96,9 @@ class ShardDataModule(pl.LightningDataModule):
         Default: ``decode_sample`` for every split. It travels to worker processes, so it must be
         picklable (a bound method of this datamodule is).
         """
+        # Fail when the loader is built: inside the loader a raising decoder counts as a bad sample.
+        if type(self).decode_sample is ShardDataModule.decode_sample:
+            raise TypeError(f"{type(self).__name__} must implement decode_sample() or decoder()")
         return self.decode_sample
 
     def collate(self, items: list[Any]) -> Any:
