@@ -9,12 +9,13 @@ Models subclass ``tasks.base.LaCTTask`` and datamodules ``datamodules.base.Shard
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from datamodules.base import ShardDataModule
 from lact_app.callbacks import TestMetricsJSON
@@ -52,10 +53,39 @@ class LaCTCLI(LightningCLI):
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         self.link_task_arguments(parser)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        # Kept for _parse_ckpt_path; a dict or Namespace carries no command-line options.
+        self.command_line = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path`` Lightning rebuilds the model from the checkpoint's hyperparameters,
+        which replace the config's model section. Model arguments given explicitly on the command
+        line still win, so evaluation settings (an FVD detector, LPIPS weights, render chunk size,
+        sampling steps) can change at test time instead of being silently ignored."""
+        super()._parse_ckpt_path()
+        overrides = model_arguments(self.command_line)
+        subcommand = self.config.get("subcommand")
+        if subcommand and overrides and self.config[subcommand].get("ckpt_path"):
+            self.config = self.parser.parse_args([subcommand, *overrides], namespace=self.config.clone())
+
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
         """Links datamodule values to model arguments (``DATA_TO_MODEL_LINKS``)."""
         for source, target, compute_fn in DATA_TO_MODEL_LINKS:
             parser.link_arguments(source, target, compute_fn=compute_fn, apply_on="instantiate")
+
+
+def model_arguments(args: list[str]) -> list[str]:
+    """The ``--model…`` options of a command line (``--model.x=v`` or ``--model.x v``), in order."""
+    picked, take_next = [], False
+    for arg in args:
+        if take_next:
+            picked.append(arg)
+            take_next = False
+        elif arg == "--model" or arg.startswith(("--model.", "--model=")):
+            picked.append(arg)
+            take_next = "=" not in arg
+    return picked
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lact_app.cli import cli_main
+from lact_app.cli import cli_main, model_arguments
 from tests.conftest import REPO_ROOT
 from tests.toy import ToyDataModule, ToyTask, write_toy_config
 
@@ -124,6 +124,17 @@ def test_fit_then_test_writes_metrics_json(toy_yaml, monkeypatch):
     tested = cli_main(["test", "--config", str(toy_yaml), "--ckpt_path", str(last)])
     metrics = json.loads((Path(tested.trainer.log_dir) / "test_metrics.json").read_text())
     assert set(metrics) == {"test/loss"} and metrics["test/loss"] > 0
+    # The checkpoint's hyperparameters rebuild the model, but explicit --model options still win.
+    retested = cli_main(["test", "--config", str(toy_yaml), "--ckpt_path", str(last), "--model.init_args.lr", "0.5",
+                         "--trainer.limit_test_batches=1"])
+    assert retested.model.hparams.lr == 0.5 and tested.model.hparams.lr != 0.5
+
+
+def test_model_arguments_picks_both_option_forms():
+    args = ["test", "--config", "a.yaml", "--model.init_args.lr", "0.5", "--trainer.max_steps=3",
+            "--model.init_args.fvd_detector=/x.pt", "--ckpt_path", "c.ckpt", "--model", "m.yaml"]
+    assert model_arguments(args) == ["--model.init_args.lr", "0.5", "--model.init_args.fvd_detector=/x.pt",
+                                     "--model", "m.yaml"]
 
 
 def _version_dir(root: Path, version: int) -> Path:

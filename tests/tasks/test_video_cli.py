@@ -104,6 +104,20 @@ def test_test_writes_continuation_curve(trained):
 
 
 @pytest.mark.timeout(300)
+def test_test_reports_fvd_with_a_local_detector(trained, tmp_path):
+    import torch
+
+    from tests.tasks.test_video_fvd import PooledFeatures
+
+    detector = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(PooledFeatures()).save(str(detector))
+    tested = cli_main(["test", "--config", str(trained["config"]), "--ckpt_path", str(trained["last"]),
+                       f"--model.init_args.fvd_detector={detector}"])
+    metrics = json.loads((Path(tested.trainer.log_dir) / "test_metrics.json").read_text())
+    assert metrics["test/fvd"] > 0
+
+
+@pytest.mark.timeout(300)
 def test_predict_writes_mp4_and_gif(trained):
     predicted = cli_main(["predict", "--config", str(trained["config"]), "--ckpt_path", str(trained["last"]),
                           "--data.init_args.batch_size=2", "--data.init_args.predict_frames=10"])

@@ -1,0 +1,86 @@
+"""FVD plumbing with a stand-in TorchScript detector (real I3D weights are never downloaded):
+the Fréchet distance against scipy's matrix square root, zero for identical sets, reduction over
+ranks, and a missing detector reported unavailable."""
+
+import logging
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+from tasks.video_metrics import FrechetVideoDistance
+
+
+class PooledFeatures(nn.Module):
+    """A tiny "I3D": per-channel mean and mean square over (T, H, W), mixed by a fixed matrix.
+    Same call convention as StyleGAN-V's ``i3d_torchscript.pt``."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mix", torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor, rescale: bool, resize: bool, return_features: bool) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=(2, 3, 4)), x.square().mean(dim=(2, 3, 4))], dim=1)
+        return pooled @ self.mix
+
+
+@pytest.fixture
+def detector_path(tmp_path):
+    path = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(PooledFeatures()).save(str(path))
+    return str(path)
+
+
+def frechet_distance_scipy(f1: np.ndarray, f2: np.ndarray) -> float:
+    """The textbook formula: |μ1 − μ2|² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)."""
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    root = scipy.linalg.sqrtm(c1 @ c2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1 + c2 - 2 * root))
+
+
+def features(video: torch.Tensor) -> np.ndarray:
+    """What the metric feeds the detector: [B, T, 3, H, W] in [0, 1] -> [B, 6]."""
+    x = video.permute(0, 2, 1, 3, 4).double() * 2 - 1
+    return PooledFeatures().double()(x, False, True, True).detach().numpy()
+
+
+def test_fvd_matches_the_textbook_formula_over_several_updates(detector_path):
+    torch.manual_seed(0)
+    real, fake = torch.rand(24, 4, 3, 8, 8), torch.rand(24, 4, 3, 8, 8).pow(2)
+    fvd = FrechetVideoDistance(detector_path)
+    assert fvd.available
+    for r, f in zip(real.split(10), fake.split(10)):  # uneven batches: 10, 10, 4
+        fvd.update(r, f)
+    expected = frechet_distance_scipy(features(real), features(fake))
+    assert fvd.compute(lambda t: t) == pytest.approx(expected, rel=1e-4)
+    assert expected > 0.1
+
+
+def test_fvd_of_identical_sets_is_zero_and_reduction_sums_ranks(detector_path):
+    torch.manual_seed(1)
+    video = torch.rand(12, 4, 3, 8, 8)
+    fvd = FrechetVideoDistance(detector_path)
+    fvd.update(video, video)
+    assert fvd.compute(lambda t: t) == pytest.approx(0.0, abs=1e-6)
+    # Two ranks holding half the clips each: the reduction sums their statistics, which gives the
+    # FVD of all clips on one rank.
+    fake = torch.rand(12, 4, 3, 8, 8)
+    whole, rank0, rank1 = (FrechetVideoDistance(detector_path) for _ in range(3))
+    whole.update(video, fake)
+    rank0.update(video[:5], fake[:5])
+    rank1.update(video[5:], fake[5:])
+    others = iter([rank1.stats["real"], rank1.stats["fake"]])
+    assert rank0.compute(lambda t: t + next(others)) == pytest.approx(whole.compute(lambda t: t), rel=1e-6)
+
+def test_fvd_needs_two_clips_and_a_local_detector(detector_path, tmp_path, caplog):
+    fvd = FrechetVideoDistance(detector_path)
+    fvd.update(torch.rand(1, 4, 3, 8, 8), torch.rand(1, 4, 3, 8, 8))
+    assert np.isnan(fvd.compute(lambda t: t))
+    with caplog.at_level(logging.WARNING):
+        missing = FrechetVideoDistance(str(tmp_path / "absent.pt"))
+    assert not missing.available
+    assert f"FVD detector {tmp_path / 'absent.pt'} not found: FVD is skipped (nothing is downloaded)" in caplog.text
+    assert not FrechetVideoDistance(None).available
