@@ -87,6 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     views = [4, 8, 16] if args.quick else [4, 8, 16, 32, 64]
     dim, depth, repeats = (64, 2, 1) if args.quick else (256, 4, 3)
+    columns = ["mixer", "input_views", "tokens", "train_views_per_s", "render_views_per_s", "peak_mem_gib"]
     rows = []
     for v in views:
         for mixer in ("lact", "attention"):
@@ -94,12 +95,12 @@ def main() -> None:
             start = time.perf_counter()
             rows.append(measure(*setting) if args.device == "cuda" else measure_isolated(*setting))
             print(f"{mixer:9s} {v:3d} views: {time.perf_counter() - start:.1f}s", flush=True)
-    columns = ["mixer", "input_views", "tokens", "train_views_per_s", "render_views_per_s", "peak_mem_gib"]
+            # Written after every row, so an interrupted run keeps what it measured.
+            write_json(args.out, {"machine": {**machine_info(), "device": args.device},
+                                  "model": {"dim": dim, "depth": depth, "patch": 8, "image": SIZE},
+                                  "train_targets": TRAIN_TARGETS, "render_targets": RENDER_TARGETS,
+                                  "quick": args.quick, "rows": rows})
     print_table(rows, columns)
-    write_json(args.out, {"machine": {**machine_info(), "device": args.device},
-                          "model": {"dim": dim, "depth": depth, "patch": 8, "image": SIZE},
-                          "train_targets": TRAIN_TARGETS, "render_targets": RENDER_TARGETS, "results": rows})
-
 
 if __name__ == "__main__":
     main()
