@@ -74,8 +74,14 @@ def trivial_baselines(datamodule: NVSDataModule) -> dict[str, float]:
 def embedded_run(tmp_path_factory, toy_cache):
     """One training run on the embedded procedural scenes, reused by the tests below."""
     root = tmp_path_factory.mktemp("nvs-embedded")
-    args = nvs_args(root, toy_cache, "--trainer.max_steps=150", "--data.init_args.samples_per_epoch=100",
-                    "--model.init_args.lr=0.003", "--model.init_args.warmup_steps=20")
+    # The model first settles on a constant grey image (≈ 11 dB) and leaves that plateau only after
+    # ≈ 350 steps; batch 8, lr 1e-3 and no weight decay leave it soonest (batch 2 or lr 3e-3 stay
+    # there for 600+ steps). Measured on this CPU: 14.4 dB after 1000 steps (14.8 with another seed)
+    # against 13.0 dB for the mean of the input views; 12.8–13.6 dB after 600 steps.
+    args = nvs_args(root, toy_cache, "--trainer.max_steps=1000", "--data.init_args.batch_size=8",
+                    "--data.init_args.samples_per_epoch=1600", "--model.init_args.lr=0.001",
+                    "--model.init_args.warmup_steps=50", "--model.init_args.weight_decay=0.0",
+                    "--model.init_args.image_log_every_n_steps=100")
     with pytest.MonkeyPatch.context() as mp:
         ckpt = fit(args, mp)
     return root, args, ckpt
@@ -93,7 +99,7 @@ def embedded_test(embedded_run):
     return metrics, baselines
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_test_writes_metrics_and_beats_the_constant_background(embedded_test):
     metrics, baselines = embedded_test
     assert set(metrics) == {"test/psnr", "test/ssim", "test/lpips"}
@@ -101,11 +107,10 @@ def test_test_writes_metrics_and_beats_the_constant_background(embedded_test):
     assert metrics["test/psnr"] > baselines["white"]
 
 
-@pytest.mark.xfail(reason="150 CPU steps do not get past the mean of the input views (≈ 13–14 dB) yet; "
-                          "see the NVS section of the README", strict=False)
+@pytest.mark.timeout(1200)
 def test_generalises_to_held_back_procedural_scenes(embedded_test):
     metrics, baselines = embedded_test
-    assert metrics["test/psnr"] > max(baselines.values())
+    assert metrics["test/psnr"] > max(baselines.values()) + 0.5
 
 
 @pytest.mark.timeout(300)
