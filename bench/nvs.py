@@ -1,7 +1,7 @@
 """NVS benchmark: training and rendering views/s and peak memory vs the number of input views,
 LaCT vs the same model with full attention over all views in place of the LaCT layer.
 
-    python -m bench.nvs [--quick] [--device cpu|cuda] [--out bench/results/nvs.json]
+    python -m bench.nvs [--quick] [--max-views N] [--device cpu|cuda] [--out bench/results/nvs.json]
 
 Per setting (64×64 views, patch 8 → 64 tokens per view, batch 1): one training step (forward +
 backward) with V_in input and 4 target views, and inference = ``reconstruct`` of the V_in input
@@ -82,10 +82,12 @@ def measure_isolated(*args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4–16 input views, a small model, 1 repeat")
+    parser.add_argument("--max-views", type=int, default=None, help="skip settings with more input views")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="bench/results/nvs.json")
     args = parser.parse_args()
     views = [4, 8, 16] if args.quick else [4, 8, 16, 32, 64]
+    views = [v for v in views if args.max_views is None or v <= args.max_views]
     dim, depth, repeats = (64, 2, 1) if args.quick else (256, 4, 3)
     columns = ["mixer", "input_views", "tokens", "train_views_per_s", "render_views_per_s", "peak_mem_gib"]
     rows = []
