@@ -8,11 +8,14 @@ the last chunk). Writes bench/results/video.json and prints a Markdown table.
     python -m bench.video            # 16 → 256 frames
     python -m bench.video --quick    # 16 → 64 frames, one repeat
     python -m bench.video --max-frames 128
+    python -m bench.video --frames 256 --memory full_attention --repeats 1 --append   # one row, fresh process
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -76,26 +79,40 @@ def measure(memory: str, frames: int, repeats: int) -> dict:
             "sampling_state_mib": cache_bytes(final_caches(model, frames)) / 2**20}
 
 
+def previous_rows(path: str) -> list[dict]:
+    """Rows already in ``path`` (for ``--append``), or none."""
+    return json.loads(Path(path).read_text())["rows"] if Path(path).exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 → 64 frames, one repeat")
     parser.add_argument("--max-frames", type=int, default=None, help="skip longer videos")
+    parser.add_argument("--frames", type=int, nargs="+", default=None, help="these lengths only")
+    parser.add_argument("--memory", nargs="+", default=["lact", "full_attention"], choices=["lact", "full_attention"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 1)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out (a new row replaces one of the same memory and length); "
+                             "lets the longest settings run in fresh processes on a machine with little memory")
     parser.add_argument("--out", default="bench/results/video.json")
     args = parser.parse_args()
-    lengths = [16, 32, 64] if args.quick else [16, 32, 64, 128, 256]
+    lengths = args.frames or ([16, 32, 64] if args.quick else [16, 32, 64, 128, 256])
     lengths = [n for n in lengths if args.max_frames is None or n <= args.max_frames]
-    repeats = 1 if args.quick else 3
+    repeats = args.repeats or (1 if args.quick else 3)
     columns = ["memory", "frames", "train_frames_per_s", "gen_s_per_frame", "train_activation_mib",
-               "sampling_state_mib"]
-    rows = []
+               "sampling_state_mib", "repeats"]
+    rows = previous_rows(args.out) if args.append else []
     for frames in lengths:
-        for memory in ("lact", "full_attention"):
-            rows.append(measure(memory, frames, repeats))
-            print_table(rows[-1:], columns)
+        for memory in args.memory:
+            row = {**measure(memory, frames, repeats), "repeats": repeats}
+            rows = [r for r in rows if (r["memory"], r["frames"]) != (memory, frames)] + [row]
+            rows.sort(key=lambda r: (r["frames"], r["memory"] != "lact"))
+            print_table([row], columns)
             # Written after every row: the long settings take many minutes on a CPU.
             write_json(args.out, {"machine": machine_info(), "model": MODEL, "frame_size": FRAME_SIZE,
-                                  "sampling_steps": SAMPLING_STEPS, "quick": args.quick, "rows": rows})
+                                  "sampling_steps": SAMPLING_STEPS, "rows": rows})
     print_table(rows, columns)
+
 
 if __name__ == "__main__":
     main()
