@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,19 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def in_fresh_process(threads: int, fn: Callable[..., dict], *args) -> dict:
+    """``fn(*args)`` in a new process using ``threads`` torch threads (0: torch's default).
+
+    Each setting starts from an empty heap: its peak RSS is its own, and a long setting is not
+    pushed out of memory by what the allocator kept from the previous ones. A child that dies
+    (e.g. killed for memory) raises ``BrokenProcessPool`` instead of hanging.
+    """
+    initializer = torch.set_num_threads if threads else None
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=initializer,
+                             initargs=(threads,) if threads else ()) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def matmul_peak_gflops(batch: int = 8, n: int = 1024, repeats: int = 5) -> float:

@@ -19,15 +19,13 @@ import argparse
 import inspect
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 import yaml
 
-from bench.common import machine_info, print_table, write_json
+from bench.common import in_fresh_process, machine_info, print_table, write_json
 from lact_app.models.lm import LaCTLM
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs/lm.yaml"
@@ -98,14 +96,6 @@ def generation_setting(branch: str, context: int, new_tokens: int) -> dict:
         token = model(token, cache)[:, -1:].argmax(-1)
     ms = (time.perf_counter() - start) / new_tokens * 1e3
     return {"branch": branch, "context": context, "ms_per_token": ms, "cache_mib": cache_mib(cache)}
-
-
-def in_fresh_process(threads: int, fn, *args) -> dict:
-    """``fn(*args)`` in a new process using ``threads`` torch threads (0: torch's default)."""
-    initializer = torch.set_num_threads if threads else None
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=initializer,
-                             initargs=(threads,) if threads else ()) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def main() -> None:

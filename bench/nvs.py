@@ -14,13 +14,12 @@ not see each other's peaks).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import time
 
 import torch
 
-from bench.common import machine_info, median_seconds, print_table, write_json
+from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
 from lact_app.models.cameras import look_at
 from lact_app.models.nvs import NVSModel
 
@@ -64,21 +63,6 @@ def measure(mixer: str, views: int, dim: int, depth: int, device: str, repeats: 
             "render_views_per_s": RENDER_TARGETS / render_s, "peak_mem_gib": peak}
 
 
-def _child(queue, *args) -> None:
-    queue.put(measure(*args))
-
-
-def measure_isolated(*args) -> dict:
-    """``measure`` in a fresh process (CPU peak RSS per setting)."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4–16 input views, a small model, 1 repeat")
@@ -95,7 +79,7 @@ def main() -> None:
         for mixer in ("lact", "attention"):
             setting = (mixer, v, dim, depth, args.device, repeats)
             start = time.perf_counter()
-            rows.append(measure(*setting) if args.device == "cuda" else measure_isolated(*setting))
+            rows.append(measure(*setting) if args.device == "cuda" else in_fresh_process(0, measure, *setting))
             print(f"{mixer:9s} {v:3d} views: {time.perf_counter() - start:.1f}s", flush=True)
             # Written after every row, so an interrupted run keeps what it measured.
             write_json(args.out, {"machine": {**machine_info(), "device": args.device},

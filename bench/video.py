@@ -3,12 +3,14 @@
 For each memory kind and length (frames): training throughput (frames/s of forward + backward at
 batch 1), generation time per frame (chunk by chunk, a few Euler steps), the training activation
 memory (bytes of tensors saved for backward) and the sampling state (fast weights + KV caches after
-the last chunk). Writes bench/results/video.json and prints a Markdown table.
+the last chunk). Each setting runs in a fresh process (at 256 frames the two memories need ≈ 12 GB
+each, more than a 24 GiB machine holds once the allocator keeps the previous setting's heap). Writes
+bench/results/video.json and prints a Markdown table.
 
     python -m bench.video            # 16 → 256 frames
     python -m bench.video --quick    # 16 → 64 frames, one repeat
     python -m bench.video --max-frames 128
-    python -m bench.video --frames 256 --memory full_attention --repeats 1 --append   # one row, fresh process
+    python -m bench.video --frames 256 --memory full_attention --repeats 1 --append   # redo one row
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import machine_info, median_seconds, print_table, write_json
+from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
 from lact_app.models.video import VideoDiffusionModel
 
 MODEL = dict(dim=256, depth=4, num_heads=4, patch_size=4, chunk_frames=4, fw_heads=1, fw_inter_multi=2.0)
@@ -92,8 +94,7 @@ def main() -> None:
     parser.add_argument("--memory", nargs="+", default=["lact", "full_attention"], choices=["lact", "full_attention"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 1)")
     parser.add_argument("--append", action="store_true",
-                        help="keep the rows already in --out (a new row replaces one of the same memory and length); "
-                             "lets the longest settings run in fresh processes on a machine with little memory")
+                        help="keep the rows already in --out (a new row replaces one of the same memory and length)")
     parser.add_argument("--out", default="bench/results/video.json")
     args = parser.parse_args()
     lengths = args.frames or ([16, 32, 64] if args.quick else [16, 32, 64, 128, 256])
@@ -104,7 +105,7 @@ def main() -> None:
     rows = previous_rows(args.out) if args.append else []
     for frames in lengths:
         for memory in args.memory:
-            row = {**measure(memory, frames, repeats), "repeats": repeats}
+            row = {**in_fresh_process(0, measure, memory, frames, repeats), "repeats": repeats}
             rows = [r for r in rows if (r["memory"], r["frames"]) != (memory, frames)] + [row]
             rows.sort(key=lambda r: (r["frames"], r["memory"] != "lact"))
             print_table([row], columns)
