@@ -27,30 +27,32 @@ import yaml
 
 from bench.common import in_fresh_process, machine_info, print_table, write_json
 from lact_app.models.lm import LaCTLM
+from lact_app.nn import FastWeightConfig
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs/lm.yaml"
-BRANCHES = ("lact", "full_attention")
+MEMORIES = ("lact", "full_attention")
 
 
 def model_args(config: Path = CONFIG) -> dict:
-    """The LaCTLM arguments of a task config's ``model.init_args``."""
+    """The LaCTLM arguments of a task config's ``model.init_args`` (``fast_weight`` as a dict)."""
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     names = set(inspect.signature(LaCTLM).parameters)
     return {k: v for k, v in init_args.items() if k in names}
 
 
-def build(branch: str) -> LaCTLM:
+def build(memory: str) -> LaCTLM:
     torch.manual_seed(0)
-    return LaCTLM(**{**model_args(), "branch": branch})
+    args = model_args()
+    return LaCTLM(**{**args, "memory": memory, "fast_weight": FastWeightConfig(**args["fast_weight"])})
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def train_setting(branch: str, seq_len: int) -> dict:
+def train_setting(memory: str, seq_len: int) -> dict:
     """tokens/s of full training steps on one sequence of ``seq_len`` tokens (fresh process)."""
-    model = build(branch)
+    model = build(memory)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, model.vocab_size, (1, seq_len + 1))
 
@@ -69,14 +71,14 @@ def train_setting(branch: str, seq_len: int) -> dict:
     for _ in range(timed):
         step()
     seconds = (time.perf_counter() - start) / timed
-    return {"branch": branch, "seq_len": seq_len, "s_per_step": seconds, "tokens_per_s": seq_len / seconds,
+    return {"memory": memory, "seq_len": seq_len, "s_per_step": seconds, "tokens_per_s": seq_len / seconds,
             "peak_rss_gib": peak_rss_gib()}
 
 
 def cache_mib(cache) -> float:
     """MiB of every tensor an LMCache holds (KV window, pending chunk, fast weights + momentum)."""
     tensors = []
-    for layer in cache.layers:
+    for layer in cache:
         tensors += [layer.keys, layer.values, *(layer.pending or ())]
         if layer.fast is not None:
             tensors += [getattr(layer.fast, f.name) for f in fields(layer.fast)]
@@ -84,9 +86,9 @@ def cache_mib(cache) -> float:
 
 
 @torch.no_grad()
-def generation_setting(branch: str, context: int, new_tokens: int) -> dict:
+def generation_setting(memory: str, context: int, new_tokens: int) -> dict:
     """ms per decoded token after a ``context``-token prompt (fresh process)."""
-    model = build(branch).eval()
+    model = build(memory).eval()
     cache = model.new_cache()
     logits = model(torch.randint(0, model.vocab_size, (1, context)), cache)
     token = logits[:, -1:].argmax(-1)
@@ -95,7 +97,7 @@ def generation_setting(branch: str, context: int, new_tokens: int) -> dict:
     for _ in range(new_tokens):
         token = model(token, cache)[:, -1:].argmax(-1)
     ms = (time.perf_counter() - start) / new_tokens * 1e3
-    return {"branch": branch, "context": context, "ms_per_token": ms, "cache_mib": cache_mib(cache)}
+    return {"memory": memory, "context": context, "ms_per_token": ms, "cache_mib": cache_mib(cache)}
 
 
 def main() -> None:
@@ -107,11 +109,11 @@ def main() -> None:
     args = parser.parse_args()
     seq_lens = [2048] if args.quick else [2048, 8192, 32768]
     contexts = [256, 2048] if args.quick else [512, 2048, 8192, 32768]
-    training = [in_fresh_process(args.threads, train_setting, b, n) for n in seq_lens for b in BRANCHES]
-    print_table(training, ["branch", "seq_len", "s_per_step", "tokens_per_s", "peak_rss_gib"])
+    training = [in_fresh_process(args.threads, train_setting, b, n) for n in seq_lens for b in MEMORIES]
+    print_table(training, ["memory", "seq_len", "s_per_step", "tokens_per_s", "peak_rss_gib"])
     generation = [in_fresh_process(args.threads, generation_setting, b, c, args.new_tokens)
-                  for c in contexts for b in BRANCHES]
-    print_table(generation, ["branch", "context", "ms_per_token", "cache_mib"])
+                  for c in contexts for b in MEMORIES]
+    print_table(generation, ["memory", "context", "ms_per_token", "cache_mib"])
     machine = {**machine_info(), "threads": args.threads or torch.get_num_threads()}
     write_json(args.out, {"machine": machine, "model": model_args(), "quick": args.quick,
                           "training": training, "generation": generation})

@@ -32,10 +32,10 @@ def cameras(views: int, device: str):
     return torch.tensor([68.6, 68.6, 32.0, 32.0], device=device).expand(1, views, 4), c2w
 
 
-def measure(mixer: str, views: int, dim: int, depth: int, device: str, repeats: int) -> dict:
+def measure(memory: str, views: int, dim: int, depth: int, device: str, repeats: int) -> dict:
     """Times one setting in this process; returns views/s and peak memory (GiB)."""
     torch.manual_seed(0)
-    model = NVSModel(patch_size=8, dim=dim, depth=depth, mixer=mixer).to(device)
+    model = NVSModel(patch_size=8, dim=dim, depth=depth, memory=memory).to(device)
     images = torch.rand(1, views, 3, SIZE, SIZE, device=device)
     k_in, c_in = cameras(views, device)
     k_t, c_t = cameras(RENDER_TARGETS, device)
@@ -58,7 +58,7 @@ def measure(mixer: str, views: int, dim: int, depth: int, device: str, repeats: 
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return {"mixer": mixer, "input_views": views, "tokens": views * (SIZE // 8) ** 2,
+    return {"memory": memory, "input_views": views, "tokens": views * (SIZE // 8) ** 2,
             "train_views_per_s": (views + TRAIN_TARGETS) / train_s,
             "render_views_per_s": RENDER_TARGETS / render_s, "peak_mem_gib": peak}
 
@@ -73,14 +73,14 @@ def main() -> None:
     views = [4, 8, 16] if args.quick else [4, 8, 16, 32, 64]
     views = [v for v in views if args.max_views is None or v <= args.max_views]
     dim, depth, repeats = (64, 2, 1) if args.quick else (256, 4, 3)
-    columns = ["mixer", "input_views", "tokens", "train_views_per_s", "render_views_per_s", "peak_mem_gib"]
+    columns = ["memory", "input_views", "tokens", "train_views_per_s", "render_views_per_s", "peak_mem_gib"]
     rows = []
     for v in views:
-        for mixer in ("lact", "attention"):
-            setting = (mixer, v, dim, depth, args.device, repeats)
+        for memory in ("lact", "full_attention"):
+            setting = (memory, v, dim, depth, args.device, repeats)
             start = time.perf_counter()
             rows.append(measure(*setting) if args.device == "cuda" else in_fresh_process(0, measure, *setting))
-            print(f"{mixer:9s} {v:3d} views: {time.perf_counter() - start:.1f}s", flush=True)
+            print(f"{memory:14s} {v:3d} views: {time.perf_counter() - start:.1f}s", flush=True)
             # Written after every row, so an interrupted run keeps what it measured.
             write_json(args.out, {"machine": {**machine_info(), "device": args.device},
                                   "model": {"dim": dim, "depth": depth, "patch": 8, "image": SIZE},

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.common import machine_info, matmul_peak_gflops, median_seconds, print_table, write_json
-from lact_app.nn import LaCTLayer
+from lact_app.nn import FastWeightConfig, LaCTLayer
 from lact_app.ops import FastWeights, bidirectional_schedule, causal_schedule, lact_swiglu
 
 
@@ -70,7 +70,7 @@ def op_runner(s: Setting, backward: bool, op=lact_swiglu):
 
 def layer_runner(s: Setting, backward: bool, compile_layer: bool):
     dim = s.heads * s.head_dim
-    layer = LaCTLayer(dim, num_heads=s.heads, inter_multi=s.inter_multi)
+    layer = LaCTLayer(dim, FastWeightConfig(heads=s.heads, inter_multi=s.inter_multi, base_lr=0.01))
     forward = torch.compile(layer) if compile_layer else layer
     x = torch.randn(1, s.L, dim, requires_grad=backward)
     schedule = s.schedule()

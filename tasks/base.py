@@ -9,14 +9,23 @@ implements ``training_step`` etc.; it may override:
 
 - ``blocks() -> list[nn.Module]``: the repeated blocks to shard / checkpoint / compile one by one
   (default: none; then only ``self.model`` is sharded as a whole).
-- ``fast_weight_parameter_names() -> set[str]``: parameters that get ``lr × fast_weight_lr_multiplier``
-  (default: every parameter of a ``lact_app.nn.FastWeightBranch``: the fast weights' initial values).
+
+Parameters that get ``lr × fast_weight_lr_multiplier`` are the same in every task: those of each
+:class:`~lact_app.nn.LaCTLayer` except its qkv / output projections (initial fast weights, q/k
+affine, lr and momentum heads, output norm and gate).
+
+Checkpoints are self-contained: every init argument is a hyperparameter (configs as plain dicts),
+and an EMA kept by :class:`~lact_app.callbacks.ema.EMA` is saved beside the weights
+(``ema_state_dict``); ``Task.load_from_checkpoint(path)`` alone restores both, and
+:meth:`LaCTTask.inference_weights` (used by ``generate`` / ``render``) puts the EMA in place.
 
 Log keys are ``"{stage}/{metric}"`` (``train/loss``, ``val/psnr``, ``test/bpb``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import resource
 import time
@@ -28,8 +37,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from lact_app.callbacks.ema import EMA_CHECKPOINT_KEY, EMA_PREFIX, find_ema, swapped_weights
 from lact_app.callbacks.media import add_gif
-from lact_app.nn import FastWeightBranch
+from lact_app.nn import LaCTLayer
 
 class WarmupCosine:
     """LR factor: linear warmup over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
@@ -84,7 +94,11 @@ class LaCTTask(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        for key, value in self.hparams.items():  # configs as plain dicts: checkpoints load without their classes
+            if dataclasses.is_dataclass(value):
+                self.hparams[key] = dataclasses.asdict(value)
         self.skipped_steps = 0
+        self.loaded_ema: dict[str, torch.Tensor] | None = None
         self._model_configured = False
         self._clocks: dict[str, float] = {}
 
@@ -95,13 +109,13 @@ class LaCTTask(pl.LightningModule):
         return []
 
     def fast_weight_parameter_names(self) -> set[str]:
-        """Names (as in ``named_parameters()``) of the fast weights' initial values: every parameter
-        of a :class:`~lact_app.nn.FastWeightBranch` (full-rank w0/w1/w2 or low-rank factors)."""
+        """Names (as in ``named_parameters()``) of the fast-weight machinery: every parameter of a
+        :class:`~lact_app.nn.LaCTLayer` but its qkv / output projections."""
         return {
             f"{prefix}.{name}" if prefix else name
             for prefix, module in self.named_modules()
-            if isinstance(module, FastWeightBranch)
-            for name, _ in module.named_parameters()
+            if isinstance(module, LaCTLayer)
+            for name, _ in module.fast_parameters()
         }
 
     def fsdp_forward_methods(self) -> tuple[str, ...]:
@@ -174,7 +188,26 @@ class LaCTTask(pl.LightningModule):
         checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores the skip count and keeps the checkpoint's EMA weights (``loaded_ema``) for
+        :meth:`inference_weights`; EMA entries inside the state dict (a converted distributed
+        checkpoint) are taken out of it so the model loads strictly."""
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        state = checkpoint.get("state_dict", {})
+        ema = {k[len(EMA_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(EMA_PREFIX)]}
+        self.loaded_ema = checkpoint.get(EMA_CHECKPOINT_KEY) or ema or None
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def inference_weights(self, use_ema: bool = True) -> contextlib.AbstractContextManager:
+        """The weights to generate / render with, as a context: the EMA of the trainer's
+        :class:`~lact_app.callbacks.ema.EMA` callback, else the EMA saved in the loaded checkpoint,
+        else (or with ``use_ema=False``) the raw weights."""
+        if not use_ema:
+            return contextlib.nullcontext()
+        callback = find_ema(self._trainer)
+        if callback is not None:
+            return callback.weights(self)
+        return swapped_weights(self, self.loaded_ema) if self.loaded_ema else contextlib.nullcontext()
 
     # -- scale: sharding, checkpointing, compile ----------------------------------------------
 

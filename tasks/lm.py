@@ -22,8 +22,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from datamodules.text import IGNORE_INDEX
-from lact_app.models.lm import LaCTLM
-from lact_app.nn import FastWeightBranch
+from lact_app.models.lm import LM_FAST_WEIGHT, LaCTLM
+from lact_app.nn import FastWeightConfig
 from tasks.base import LaCTTask
 
 
@@ -90,18 +90,12 @@ class LMTask(LaCTTask):
         dim: model width d.
         num_layers: number of hybrid blocks.
         num_attn_heads: attention heads per layer.
-        num_lact_heads: fast-weight heads per layer (D = d / n_h).
         window: sliding-window attention size w (tokens, including the current one).
-        chunk: LaCT chunk size c (apply-then-update; window >= chunk recommended).
-        branch: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal
+        memory: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal
             attention: the Transformer baseline) or ``"none"`` (window attention only).
-        inter_multi: fast-weight hidden width H = inter_multi · D.
-        base_lr: inner (fast-weight) lr at zero logit.
-        use_momentum: momentum on the inner updates.
-        use_muon: Newton–Schulz (Muon) orthogonalisation of the inner updates.
-        w_init: initial fast weights: ``"low_rank"`` (L·R + 0.5·I), ``"normal"`` or ``"nvs"``.
-        low_rank: rank of the low-rank initial w0/w2.
-        init_gain: gain of the low-rank factors.
+        fast_weight: the LaCT layers' knobs (``chunk``: apply-then-update chunk in tokens, window
+            >= chunk recommended; ``heads``: D = d / heads; ``use_momentum``, ``use_muon``,
+            ``w_init`` …); default: the reference LM's.
         fast_rope: RoPE on the fast-weight q, k.
         rope_theta: RoPE base.
         mlp_hidden: SwiGLU hidden width (None: 256·⌈⌊8d/3⌋/256⌉ as the reference).
@@ -117,17 +111,9 @@ class LMTask(LaCTTask):
         dim: int = 256,
         num_layers: int = 4,
         num_attn_heads: int = 4,
-        num_lact_heads: int = 4,
         window: int = 512,
-        chunk: int = 512,
-        branch: str = "lact",
-        inter_multi: float = 1.0,
-        base_lr: float = 1e-3,
-        use_momentum: bool = True,
-        use_muon: bool = False,
-        w_init: str = "low_rank",
-        low_rank: int = 32,
-        init_gain: float = 0.5,
+        memory: str = "lact",
+        fast_weight: FastWeightConfig = LM_FAST_WEIGHT,
         fast_rope: bool = True,
         rope_theta: float = 1e6,
         mlp_hidden: Optional[int] = None,
@@ -138,9 +124,9 @@ class LMTask(LaCTTask):
     ):
         super().__init__(**kwargs)
         self.model = LaCTLM(
-            vocab_size, dim, num_layers, num_attn_heads, num_lact_heads, window, chunk, branch,
-            inter_multi, base_lr, use_momentum, use_muon, w_init, low_rank, init_gain, fast_rope,
-            rope_theta, mlp_hidden, norm_eps, initializer_range,
+            vocab_size, dim=dim, num_layers=num_layers, num_attn_heads=num_attn_heads, window=window,
+            memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight), fast_rope=fast_rope,
+            rope_theta=rope_theta, mlp_hidden=mlp_hidden, norm_eps=norm_eps, initializer_range=initializer_range,
         )  # fmt: skip
         self.val_metric = TokenLoss(position_buckets)
         self.test_metric = TokenLoss(position_buckets)
@@ -149,11 +135,6 @@ class LMTask(LaCTTask):
 
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
-
-    def fast_weight_parameter_names(self) -> set[str]:
-        """Every parameter of the fast-weight branches (full-rank w0/w1/w2 or the low-rank factors)."""
-        return {f"{prefix}.{name}" for prefix, module in self.named_modules()
-                if isinstance(module, FastWeightBranch) for name, _ in module.named_parameters()}
 
     def setup(self, stage: str) -> None:
         data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
@@ -170,7 +151,8 @@ class LMTask(LaCTTask):
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: Optional[int] = None, use_cache: bool = True) -> torch.Tensor:
         """prompt_ids: [B, P] -> new tokens [B, max_new_tokens] (see ``LaCTLM.generate``)."""
-        return self.model.generate(prompt_ids, max_new_tokens, temperature, top_k, use_cache)
+        with self.inference_weights():
+            return self.model.generate(prompt_ids, max_new_tokens, temperature, top_k=top_k, use_cache=use_cache)
 
     def token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token NLL [N, T] (zero on padding) and the label mask [N, T]."""

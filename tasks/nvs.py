@@ -14,7 +14,8 @@ from torch import nn
 from datamodules.video_io import encode_mp4
 from lact_app.callbacks.media import encode_gif, to_uint8_frames
 from lact_app.metrics import LPIPS, ImageMetrics, psnr
-from lact_app.models.nvs import NVSModel
+from lact_app.models.nvs import NVS_FAST_WEIGHT, NVSModel
+from lact_app.nn import FastWeightConfig
 from tasks.base import LaCTTask
 
 INPUT_KEYS = ("input_images", "input_intrinsics", "input_c2w")
@@ -31,10 +32,10 @@ class NVSTask(LaCTTask):
         depth: number of blocks.
         attn_head_dim: head dim of the attention sub-layers.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
-        mixer: cross-view mixer: ``"lact"`` or ``"attention"`` (full attention over all views).
-        inter_multi: LaCT fast-weight hidden multiplier (2: ttt2x, 4: ttt4x).
-        base_lr: LaCT per-token inner lr at zero logit.
-        muon_steps: Newton–Schulz steps on each fast-weight update (0: none).
+        memory: cross-view mixer: ``"lact"``, ``"full_attention"`` (attention over all input
+            views, LVSM-style) or ``"none"`` (no mixing across views: a camera-only baseline).
+        fast_weight: the LaCT layers' knobs (``inter_multi`` 2: ttt2x, 4: ttt4x; ``base_lr``;
+            ``use_muon`` with ``ns_steps`` classic Newton–Schulz steps …); default: the reference's.
         lpips_weight: λ of the LPIPS term of the loss (MSE + λ·LPIPS).
         lpips_start_step: global step from which the LPIPS term is added (reference: 5000).
         lpips_backbone: torchvision VGG16 weights for LPIPS; None: the torch hub cache
@@ -53,10 +54,8 @@ class NVSTask(LaCTTask):
         depth: int = 24,
         attn_head_dim: int = 64,
         mlp_ratio: float = 4.0,
-        mixer: str = "lact",
-        inter_multi: float = 2.0,
-        base_lr: float = 0.01,
-        muon_steps: int = 5,
+        memory: str = "lact",
+        fast_weight: FastWeightConfig = NVS_FAST_WEIGHT,
         lpips_weight: float = 1.0,
         lpips_start_step: int = 5000,
         lpips_backbone: str | None = None,
@@ -66,8 +65,8 @@ class NVSTask(LaCTTask):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.model = NVSModel(patch_size, dim, depth, attn_head_dim, mlp_ratio, mixer, inter_multi, base_lr,
-                              muon_steps)  # fmt: skip
+        self.model = NVSModel(patch_size=patch_size, dim=dim, depth=depth, attn_head_dim=attn_head_dim,
+                              mlp_ratio=mlp_ratio, memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight))
         self.lpips = LPIPS(lpips_backbone)  # a plain object: never in checkpoints or optimizers
         self.val_metrics = ImageMetrics(self.lpips)
         self.test_metrics = ImageMetrics(self.lpips)
@@ -92,9 +91,10 @@ class NVSTask(LaCTTask):
 
     def render(self, batch: dict, intrinsics: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
         """Reconstructs the batch's input views once, then renders cameras [B, V, ·] in chunks."""
-        states = self.model.reconstruct(*(batch[k] for k in INPUT_KEYS))
-        size = tuple(batch["input_images"].shape[-2:])
-        return self.model.render(states, intrinsics, c2w, size, self.hparams.render_chunk_views)
+        with self.inference_weights():
+            states = self.model.reconstruct(*(batch[k] for k in INPUT_KEYS))
+            size = tuple(batch["input_images"].shape[-2:])
+            return self.model.render(states, intrinsics, c2w, size, chunk_views=self.hparams.render_chunk_views)
 
     # -- training ---------------------------------------------------------------------------------
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from datamodules.video_io import encode_mp4
-from lact_app.callbacks.ema import ema_weights
 from lact_app.callbacks.media import encode_gif
 from lact_app.models.codec import FrameCodec
-from lact_app.models.video import VideoDiffusionModel
+from lact_app.models.video import VIDEO_FAST_WEIGHT, VideoDiffusionModel
+from lact_app.nn import FastWeightConfig
 from tasks.base import LaCTTask
 from tasks.video_metrics import ContinuationCurve, FrechetVideoDistance
 
@@ -48,9 +48,8 @@ class VideoTask(LaCTTask):
         chunk_frames: (latent) frames per autoregressive chunk.
         memory: ``"lact"``, ``"full_attention"`` (growing KV cache over all previous chunks) or
             ``"none"`` (chunk-local attention only).
-        fw_heads: fast-weight heads.
-        fw_inter_multi: fast-weight hidden width / head dim.
-        fw_base_lr: fast-weight lr at zero logit.
+        fast_weight: the LaCT layers' knobs (``heads``, ``inter_multi``, ``base_lr`` …; ``chunk``
+            stays null: the clean frame chunks are the update chunks); default: the reference's.
         clean_context: keys of the preceding clean chunk a noisy chunk attends to; None: all.
         rope_theta: base of the 3-D RoPE.
         codec: frame codec (``class_path`` of a ``lact_app.models.codec.FrameCodec``); None: pixels.
@@ -80,9 +79,7 @@ class VideoTask(LaCTTask):
         patch_size: int = 4,
         chunk_frames: int = 4,
         memory: str = "lact",
-        fw_heads: int = 1,
-        fw_inter_multi: float = 2.0,
-        fw_base_lr: float = 1e-3,
+        fast_weight: FastWeightConfig = VIDEO_FAST_WEIGHT,
         clean_context: int | None = None,
         rope_theta: float = 1e4,
         codec: FrameCodec | None = None,
@@ -104,9 +101,11 @@ class VideoTask(LaCTTask):
     ):
         super().__init__(**kwargs)
         self.model = VideoDiffusionModel(
-            dim, depth, num_heads, mlp_ratio, patch_size, chunk_frames, memory, fw_heads, fw_inter_multi,
-            fw_base_lr, clean_context, rope_theta, codec, cond, num_classes, cond_dim, cond_dropout, shift,
-            sample_shift, logit_normal_weighting,
+            dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, patch_size=patch_size,
+            chunk_frames=chunk_frames, memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight),
+            clean_context=clean_context, rope_theta=rope_theta, codec=codec, cond=cond, num_classes=num_classes,
+            cond_dim=cond_dim, cond_dropout=cond_dropout, shift=shift, sample_shift=sample_shift,
+            logit_normal_weighting=logit_normal_weighting,
         )  # fmt: skip
         self.continuation = ContinuationCurve()
         self.fvd = FrechetVideoDistance(fvd_detector)
@@ -115,11 +114,6 @@ class VideoTask(LaCTTask):
 
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
-
-    def fast_weight_parameter_names(self) -> set[str]:
-        """All parameters of the LaCT branches (the reference's lr multiplier covers w0, w1, w2,
-        the q/k affine, the lr projection, the output norm and the gate)."""
-        return {n for n, _ in self.named_parameters() if ".mixer.fast." in n}
 
     # -- training and evaluation ------------------------------------------------------------------
 
@@ -201,8 +195,10 @@ class VideoTask(LaCTTask):
         num_steps: int | None = None,
         cfg_scale: float | None = None,
         seed: int | None = None,
+        use_ema: bool = True,
     ) -> torch.Tensor:
-        """Generates (``context`` None) or continues videos with the EMA weights when available.
+        """Generates (``context`` None) or continues videos, with the EMA weights when the run kept
+        an EMA (the trainer's callback, or the checkpoint's) unless ``use_ema`` is False.
 
         Args:
             num_frames: frames of the result, context included (may exceed the training clip).
@@ -212,12 +208,13 @@ class VideoTask(LaCTTask):
             num_steps: Euler steps per chunk (default ``sampling_steps``).
             cfg_scale: guidance scale (default ``cfg_scale``).
             seed: noise seed.
+            use_ema: sample with the EMA weights when there are any (else the raw weights).
 
         Returns:
             [B, num_frames, 3, H, W] in [0, 1].
         """
         hp = self.hparams
-        with ema_weights(self.trainer if self._trainer is not None else None, self):
+        with self.inference_weights(use_ema):
             return self.model.generate(
                 num_frames, batch_size, context, cond,
                 num_steps=hp.sampling_steps if num_steps is None else num_steps,
@@ -246,11 +243,15 @@ class VideoTask(LaCTTask):
             raise ValueError(f"context_frames={c} must be a positive multiple of the chunk ({k} frames)")
         return c
 
+    def setup(self, stage: str) -> None:
+        """Records the data's frame size as a hyperparameter, so the checkpoint alone can generate."""
+        size = getattr(self.trainer.datamodule, "frame_size", None)
+        if self.hparams.frame_size is None and size is not None:
+            self.hparams.frame_size = tuple(size)
+
     def frame_size(self) -> tuple[int, int] | None:
-        if self.hparams.frame_size is not None:
-            return tuple(self.hparams.frame_size)
-        data = self.trainer.datamodule if self._trainer is not None else None
-        return getattr(data, "frame_size", None)
+        """(H, W) of frames generated without context (the ``frame_size`` hyperparameter)."""
+        return None if self.hparams.frame_size is None else tuple(self.hparams.frame_size)
 
 
 def to_uint8(clip: torch.Tensor) -> np.ndarray:

@@ -4,10 +4,11 @@ Each rank keeps an EMA copy of exactly the parameter shards it owns: under FSDP2
 DTensors with the parameters' placements, updated through their local tensors (no communication,
 1/world_size of the memory). Lightning's weight averaging does not support sharded models.
 
-Checkpoints: in a single-file checkpoint the EMA is this callback's state; in a distributed (DCP)
-checkpoint it is written next to the model's sharded state dict under keys ``_ema.<name>`` (so
-every rank saves and loads its own shards, and resharding works) and read back from
-``trainer.ckpt_path``.
+Checkpoints: in a single-file checkpoint the EMA weights sit beside the model's under the top-level
+key ``ema_state_dict`` (so a task loaded from the file alone can sample with them); in a distributed
+(DCP) checkpoint they are written next to the model's sharded state dict under keys
+``_ema.<name>`` (so every rank saves and loads its own shards, and resharding works) and read back
+from ``trainer.ckpt_path``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Prefix of the EMA entries inside a distributed checkpoint's ``state_dict``.
 EMA_PREFIX = "_ema."
+
+#: Top-level key of the EMA weights in a single-file checkpoint.
+EMA_CHECKPOINT_KEY = "ema_state_dict"
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -139,14 +143,11 @@ class EMA(pl.Callback):
         return any(hasattr(t, "to_local") for t in self.ema.values())
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"decay": self.decay, "last_step": self._last_step}
-        if self.ema and not self.sharded():
-            state["ema"] = {n: t.detach().cpu() for n, t in self.ema.items()}
-        return state
+        return {"decay": self.decay, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict.get("last_step", -1)
-        if "ema" in state_dict:
+        if "ema" in state_dict:  # checkpoints written before the EMA moved beside the weights
             self.ema, self._pending = {}, state_dict["ema"]
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -154,8 +155,12 @@ class EMA(pl.Callback):
             raise RuntimeError("EMA weights are swapped in while saving a checkpoint")
         if self.sharded():
             checkpoint["state_dict"].update({EMA_PREFIX + n: t for n, t in self.ema.items()})
+        elif self.ema:
+            checkpoint[EMA_CHECKPOINT_KEY] = {n: t.detach().cpu() for n, t in self.ema.items()}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if EMA_CHECKPOINT_KEY in checkpoint:
+            self.ema, self._pending = {}, checkpoint[EMA_CHECKPOINT_KEY]
         path = Path(trainer.ckpt_path) if trainer.ckpt_path else None
         if path is None or not path.is_dir():
             return
@@ -173,7 +178,27 @@ class EMA(pl.Callback):
             self.ensure_initialized(pl_module)
 
 
-def ema_weights(trainer: pl.Trainer | None, pl_module: nn.Module) -> contextlib.AbstractContextManager:
-    """The EMA weights of the trainer's :class:`EMA` callback as a context (a no-op without one)."""
+def find_ema(trainer: pl.Trainer | None) -> EMA | None:
+    """The trainer's :class:`EMA` callback (None without a trainer or without one)."""
     callbacks = [] if trainer is None else [c for c in trainer.callbacks if isinstance(c, EMA)]
-    return callbacks[0].weights(pl_module) if callbacks else contextlib.nullcontext()
+    return callbacks[0] if callbacks else None
+
+
+@contextlib.contextmanager
+def swapped_weights(module: nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Context with ``weights`` (name → tensor, e.g. a checkpoint's EMA) copied into ``module``'s
+    parameters, the original values restored on exit. Unsharded modules (inference) only."""
+    params = dict(module.named_parameters())
+    missing = sorted(set(weights) - set(params))
+    if missing:
+        raise KeyError(f"EMA weights for unknown parameters: {missing[:3]}")
+    saved = {n: params[n].detach().clone() for n in weights}
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                params[n].copy_(w)

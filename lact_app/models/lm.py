@@ -4,9 +4,10 @@ embedding → N × :class:`~lact_app.nn.hybrid.HybridBlock` (window attention + 
 → RMSNorm → untied LM head. Logits at position t depend on tokens ≤ t only: the window attention
 is causal and the fast weights a token reads have seen earlier chunks only.
 
-Generation streams: the prompt is prefilled in one pass into an :class:`LMCache`, then tokens are
-decoded one at a time against it (fast weights, the incomplete chunk and a rolling KV cache per
-layer), so memory and per-token time stay flat as the context grows.
+Generation streams: the prompt is prefilled in one pass into a cache (one
+:class:`~lact_app.nn.MixerCache` per layer: fast weights, the incomplete chunk and a rolling KV
+cache), then tokens are decoded one at a time against it, so memory and per-token time stay flat as
+the context grows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..nn.hybrid import HybridBlock, HybridLaCTAttention, LayerCache
+from ..nn import FastWeightConfig, MixerCache
+from ..nn.hybrid import HybridBlock, HybridLaCTAttention
+
+#: The reference LM's LaCT layer (LACT_SPEC.md §3.2): 4 heads of D = H = d / 4, momentum,
+#: low-rank + 0.5·I initial w0/w2; chunks of 512 tokens at this project's CPU scale (2048 there).
+LM_FAST_WEIGHT = FastWeightConfig(chunk=512, heads=4, inter_multi=1.0, use_momentum=True, w_init="low_rank")
 
 
 def default_mlp_hidden(dim: int) -> int:
@@ -25,16 +31,14 @@ def default_mlp_hidden(dim: int) -> int:
     return 256 * math.ceil(int(dim * 4 * 2 / 3) / 256)
 
 
-class LMCache:
-    """The decoding state of every layer, advanced in place by :meth:`LaCTLM.forward`."""
-
-    def __init__(self, num_layers: int):
-        self.layers = [LayerCache() for _ in range(num_layers)]
+class LMCache(list):
+    """The decoding state of a model: one :class:`~lact_app.nn.MixerCache` per layer, advanced in
+    place by :meth:`LaCTLM.forward`."""
 
     @property
     def pos(self) -> int:
         """Tokens consumed so far (the position of the next token)."""
-        return self.layers[0].pos
+        return self[0].pos
 
 
 def sample_next(
@@ -61,19 +65,10 @@ class LaCTLM(nn.Module):
         dim: model width d.
         num_layers: number of blocks.
         num_attn_heads: attention heads per layer.
-        num_lact_heads: fast-weight heads per layer (D = d / n_h).
         window: sliding-window size w of the attention.
-        chunk: LaCT chunk size c.
-        branch: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal attention,
+        memory: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal attention,
             the Transformer baseline) or ``"none"`` (window attention only).
-        inter_multi: fast-weight hidden width H = inter_multi · D.
-        base_lr: per-token inner lr at zero logit (reference 1e-3).
-        use_momentum: momentum on the inner updates.
-        use_muon: Newton–Schulz orthogonalisation of the inner updates.
-        w_init: initial fast weights: ``"low_rank"`` (L·R + 0.5·I, the reference configs),
-            ``"normal"`` or ``"nvs"``.
-        low_rank: rank of the low-rank w0/w2.
-        init_gain: gain of the low-rank factors.
+        fast_weight: the LaCT layers' knobs (default: the reference's, :data:`LM_FAST_WEIGHT`).
         fast_rope: RoPE on the fast q, k.
         rope_theta: RoPE base.
         mlp_hidden: SwiGLU hidden width; None: the reference's rule (:func:`default_mlp_hidden`).
@@ -84,20 +79,13 @@ class LaCTLM(nn.Module):
     def __init__(
         self,
         vocab_size: int,
+        *,
         dim: int = 256,
         num_layers: int = 4,
         num_attn_heads: int = 4,
-        num_lact_heads: int = 4,
         window: int = 512,
-        chunk: int = 512,
-        branch: str = "lact",
-        inter_multi: float = 1.0,
-        base_lr: float = 1e-3,
-        use_momentum: bool = True,
-        use_muon: bool = False,
-        w_init: str = "low_rank",
-        low_rank: int = 32,
-        init_gain: float = 0.5,
+        memory: str = "lact",
+        fast_weight: FastWeightConfig = LM_FAST_WEIGHT,
         fast_rope: bool = True,
         rope_theta: float = 1e6,
         mlp_hidden: Optional[int] = None,
@@ -107,11 +95,14 @@ class LaCTLM(nn.Module):
         super().__init__()
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, dim)
-        mixer_args = (dim, num_attn_heads, num_lact_heads, window, chunk, branch, inter_multi, base_lr,
-                      use_momentum, use_muon, w_init, low_rank, init_gain, fast_rope, rope_theta)
         hidden = mlp_hidden or default_mlp_hidden(dim)
         self.blocks = nn.ModuleList(
-            HybridBlock(HybridLaCTAttention(*mixer_args), dim, hidden, norm_eps) for _ in range(num_layers)
+            HybridBlock(
+                HybridLaCTAttention(dim, num_attn_heads, window=window, memory=memory, fast_weight=fast_weight,
+                                    fast_rope=fast_rope, rope_theta=rope_theta),
+                dim, hidden, norm_eps=norm_eps,
+            )  # fmt: skip
+            for _ in range(num_layers)
         )
         self.norm = nn.RMSNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
@@ -133,14 +124,14 @@ class LaCTLM(nn.Module):
         """
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
-            x, layer_cache = block(x, None if cache is None else cache.layers[i])
+            x, layer_cache = block(x, None if cache is None else cache[i])
             if cache is not None:
-                cache.layers[i] = layer_cache
+                cache[i] = layer_cache
         return self.head(self.norm(x))
 
     def new_cache(self) -> LMCache:
         """An empty cache to stream a sequence through :meth:`forward`."""
-        return LMCache(len(self.blocks))
+        return LMCache(MixerCache() for _ in self.blocks)
 
     @torch.no_grad()
     def generate(
@@ -163,7 +154,7 @@ class LaCTLM(nn.Module):
         tokens, step_input = prompt_ids, prompt_ids
         for _ in range(max_new_tokens):
             logits = self(step_input, cache) if use_cache else self(tokens)
-            nxt = sample_next(logits[:, -1], temperature, top_k, generator)
+            nxt = sample_next(logits[:, -1], temperature, top_k=top_k, generator=generator)
             tokens = torch.cat([tokens, nxt], dim=1)
             step_input = nxt
         return tokens[:, prompt_ids.size(1) :]

@@ -19,15 +19,18 @@ c2w ``[B, V, 4, 4]`` OpenCV camera-to-world.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 from einops import rearrange
 from torch import nn
 
+from ..nn import FastWeightConfig, MixerCache
 from ..nn.norms import build_norm
 from ..nn.nvs_block import NVSBlock
 from .cameras import plucker_rays
+
+#: The reference NVS LaCT layer (LACT_SPEC.md §2.1, ``l24_d768_ttt2x``): one head over the whole
+#: width, hidden 2·d, base lr 0.01, Muon with 5 classic Newton–Schulz steps, √2-scaled init.
+NVS_FAST_WEIGHT = FastWeightConfig(base_lr=0.01, use_muon=True, ns_coeffs="classic", w_init="nvs")
 
 #: Ray channels per pixel (origin, direction, moment) and image channels.
 RAY_CHANNELS, RGB_CHANNELS = 9, 3
@@ -53,31 +56,31 @@ class NVSModel(nn.Module):
         depth: number of blocks.
         attn_head_dim: head dim of the attention sub-layers.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
-        mixer: cross-view mixer: ``"lact"`` (the paper) or ``"attention"`` (full attention over
-            all views, LVSM-style; quadratic in the number of views).
-        inter_multi: LaCT fast-weight hidden multiplier (2: "ttt2x", 4: "ttt4x").
-        base_lr: LaCT per-token inner lr at zero logit.
-        muon_steps: Newton–Schulz steps on each fast-weight update (0: plain update).
+        memory: cross-view mixer: ``"lact"`` (the paper), ``"full_attention"`` (attention over
+            all input views, LVSM-style; quadratic in the number of views) or ``"none"`` (no
+            mixing across views: a camera-only baseline).
+        fast_weight: the LaCT layers' knobs (default: the reference's, :data:`NVS_FAST_WEIGHT`;
+            ``inter_multi`` 2 = "ttt2x", 4 = "ttt4x").
     """
 
     def __init__(
         self,
+        *,
         patch_size: int = 8,
         dim: int = 768,
         depth: int = 24,
         attn_head_dim: int = 64,
         mlp_ratio: float = 4.0,
-        mixer: str = "lact",
-        inter_multi: float = 2.0,
-        base_lr: float = 0.01,
-        muon_steps: int = 5,
+        memory: str = "lact",
+        fast_weight: FastWeightConfig = NVS_FAST_WEIGHT,
     ):
         super().__init__()
         self.patch_size = patch_size
         channels = (RAY_CHANNELS + RGB_CHANNELS) * patch_size**2
         self.tokenizer = nn.Sequential(nn.Linear(channels, dim, bias=False), build_norm("layer", dim))
         self.blocks = nn.ModuleList(
-            NVSBlock(dim, attn_head_dim, mlp_ratio, mixer, inter_multi, base_lr, muon_steps) for _ in range(depth)
+            NVSBlock(dim, attn_head_dim=attn_head_dim, mlp_ratio=mlp_ratio, memory=memory, fast_weight=fast_weight)
+            for _ in range(depth)
         )
         self.decoder = nn.Sequential(
             build_norm("layer", dim), nn.Linear(dim, RGB_CHANNELS * patch_size**2, bias=False), nn.Sigmoid()
@@ -149,7 +152,7 @@ class NVSModel(nn.Module):
         return self.decode(x[:, num_inputs:], target_c2w.size(1), size)
 
     def reconstruct(self, input_images: torch.Tensor, input_intrinsics: torch.Tensor,
-                    input_c2w: torch.Tensor) -> list[Any]:
+                    input_c2w: torch.Tensor) -> list[MixerCache]:
         """Runs the input views through every block and keeps each block's mixer state.
 
         Args:
@@ -157,7 +160,7 @@ class NVSModel(nn.Module):
             input_intrinsics: [B, V_in, 4]; input_c2w: [B, V_in, 4, 4].
 
         Returns:
-            one state per block (LaCT: the updated fast weights; attention: the inputs' keys and
+            one cache per block (LaCT: the updated fast weights; attention: the inputs' keys and
             values), to pass to :meth:`render`.
         """
         size = tuple(input_images.shape[-2:])
@@ -170,7 +173,7 @@ class NVSModel(nn.Module):
 
     def render(
         self,
-        states: list[Any],
+        states: list[MixerCache],
         target_intrinsics: torch.Tensor,
         target_c2w: torch.Tensor,
         size: tuple[int, int],
@@ -194,9 +197,9 @@ class NVSModel(nn.Module):
                   for s in range(0, num_targets, step)]  # fmt: skip
         return torch.cat(chunks, dim=1)
 
-    def _render_chunk(self, states: list[Any], intrinsics: torch.Tensor, c2w: torch.Tensor,
+    def _render_chunk(self, states: list[MixerCache], intrinsics: torch.Tensor, c2w: torch.Tensor,
                       size: tuple[int, int]) -> torch.Tensor:
         x = self.tokenize(None, intrinsics, c2w, size)
         for block, state in zip(self.blocks, states):
-            x, _ = block(x, c2w.size(1), 0, state)
+            x, _ = block(x, c2w.size(1), 0, cache=state)
         return self.decode(x, c2w.size(1), size)

@@ -16,16 +16,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..nn import NOISY, grid_positions
+from ..nn import NOISY, FastWeightConfig, MixerCache, check_memory, grid_positions
 from ..nn.layout import Segment, interleaved_layout
-from ..nn.video_block import (
-    MEMORIES,
-    BlockCache,
-    VideoBlock,
-    group_segment_params,
-    group_tokens,
-    modulate,
-)
+from ..nn.video_block import VideoBlock, group_segment_params, group_tokens, modulate
 from .codec import FrameCodec, PixelCodec
 from .flow_matching import (
     add_noise,
@@ -36,6 +29,11 @@ from .flow_matching import (
 from .video_sampling import VideoSampler
 
 CONDITIONS = ("none", "class", "embedding")
+
+#: The video reference's LaCT layer (LACT_SPEC.md §4.3): hidden 2·D, base lr 1e-3, no momentum,
+#: no Muon, normal init — :class:`~lact_app.nn.FastWeightConfig`'s defaults; the reference model
+#: (d = 1536) has 2 heads.
+VIDEO_FAST_WEIGHT = FastWeightConfig()
 
 #: Timesteps t in [0, 1] enter the embedding as 1000·t (the reference's scale).
 TIME_SCALE = 1000.0
@@ -141,9 +139,7 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         chunk_frames: k, (latent) frames per autoregressive chunk.
         memory: ``"lact"`` (fast weights + chunk-local attention), ``"full_attention"`` (causal
             attention over all previous chunks, a growing KV cache) or ``"none"`` (chunk-local only).
-        fw_heads: fast-weight heads (the reference: 2 at d = 1536).
-        fw_inter_multi: fast-weight hidden width / head dim (the reference: 2).
-        fw_base_lr: fast-weight lr at zero logit (the reference: 1e-3).
+        fast_weight: the LaCT layers' knobs (default :data:`VIDEO_FAST_WEIGHT`).
         clean_context: keys of the preceding clean chunk a noisy chunk attends to; None: the whole
             chunk (the reference's window = chunk tokens).
         rope_theta: base of the 3-D RoPE.
@@ -159,6 +155,7 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int = 256,
         depth: int = 4,
         num_heads: int = 4,
@@ -166,9 +163,7 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         patch_size: int = 4,
         chunk_frames: int = 4,
         memory: str = "lact",
-        fw_heads: int = 1,
-        fw_inter_multi: float = 2.0,
-        fw_base_lr: float = 1e-3,
+        fast_weight: FastWeightConfig = VIDEO_FAST_WEIGHT,
         clean_context: int | None = None,
         rope_theta: float = 1e4,
         codec: FrameCodec | None = None,
@@ -181,8 +176,9 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         logit_normal_weighting: bool = True,
     ):
         super().__init__()
-        if memory not in MEMORIES or cond not in CONDITIONS:
-            raise ValueError(f"memory must be one of {MEMORIES} and cond one of {CONDITIONS}")
+        check_memory(memory)
+        if cond not in CONDITIONS:
+            raise ValueError(f"cond must be one of {CONDITIONS}, got {cond!r}")
         self.codec = codec if codec is not None else PixelCodec()
         self.patch_size, self.chunk_frames, self.cond_dropout = patch_size, chunk_frames, cond_dropout
         self.shift, self.sample_shift = shift, shift if sample_shift is None else sample_shift
@@ -192,7 +188,8 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         self.time_embed = TimestepEmbedding(dim)
         self.cond_embed = ConditionEmbedding(dim, cond, num_classes, cond_dim) if cond != "none" else None
         self.blocks = nn.ModuleList(
-            VideoBlock(dim, num_heads, mlp_ratio, memory, fw_heads, fw_inter_multi, fw_base_lr, clean_context, rope_theta)
+            VideoBlock(dim, num_heads, mlp_ratio=mlp_ratio, memory=memory, fast_weight=fast_weight,
+                       clean_context=clean_context, rope_theta=rope_theta)  # fmt: skip
             for _ in range(depth)
         )
         self.final = FinalLayer(dim, patch_dim)
@@ -247,8 +244,8 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         emb: torch.Tensor,
         segments: list[Segment],
         positions: torch.Tensor,
-        caches: list[BlockCache] | None = None,
-    ) -> tuple[torch.Tensor, list[BlockCache] | None]:
+        caches: list[MixerCache] | None = None,
+    ) -> tuple[torch.Tensor, list[MixerCache] | None]:
         """All blocks over one sequence piece (``caches``: one per block while sampling, else None)."""
         new_caches = []
         for i, block in enumerate(self.blocks):

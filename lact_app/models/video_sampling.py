@@ -16,16 +16,16 @@ from __future__ import annotations
 import torch
 
 from ..nn.layout import CLEAN, NOISY, Segment
-from ..nn.video_block import BlockCache
+from ..nn import MixerCache
 from .flow_matching import euler_timesteps
 
 
 class VideoSampler:
     """Sampling methods of :class:`~lact_app.models.video.VideoDiffusionModel` (a mixin)."""
 
-    def start_caches(self) -> list[BlockCache]:
+    def start_caches(self) -> list[MixerCache]:
         """Empty caches, one per block (the start of a video)."""
-        return [BlockCache() for _ in self.blocks]
+        return [MixerCache() for _ in self.blocks]
 
     def run_chunk(
         self,
@@ -33,10 +33,10 @@ class VideoSampler:
         t: torch.Tensor,
         index: int,
         kind: str,
-        caches: list[BlockCache],
+        caches: list[MixerCache],
         cond: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[Segment], list[BlockCache]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Segment], list[MixerCache]]:
         """One chunk as a single segment through all blocks.
 
         Args:
@@ -59,7 +59,7 @@ class VideoSampler:
         latents: torch.Tensor,
         t: torch.Tensor,
         index: int,
-        caches: list[BlockCache],
+        caches: list[MixerCache],
         cond: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -72,10 +72,10 @@ class VideoSampler:
         self,
         latents: torch.Tensor,
         index: int,
-        caches: list[BlockCache],
+        caches: list[MixerCache],
         cond: torch.Tensor | None = None,
         cfg_scale: float = 1.0,
-    ) -> list[BlockCache]:
+    ) -> list[MixerCache]:
         """Runs clean chunk ``index`` at t = 0: fast weights update once, KV caches refill.
 
         With guidance (``cfg_scale`` ≠ 1 and a condition) both halves of the doubled batch commit.
@@ -136,7 +136,7 @@ class VideoSampler:
         self,
         noise: torch.Tensor,
         index: int,
-        caches: list[BlockCache],
+        caches: list[MixerCache],
         cond: torch.Tensor | None,
         num_steps: int,
         cfg_scale: float,
@@ -156,8 +156,8 @@ class VideoSampler:
         return x
 
     def commit_context(
-        self, context: torch.Tensor, caches: list[BlockCache], cond: torch.Tensor | None, cfg_scale: float
-    ) -> tuple[list[torch.Tensor], list[BlockCache]]:
+        self, context: torch.Tensor, caches: list[MixerCache], cond: torch.Tensor | None, cfg_scale: float
+    ) -> tuple[list[torch.Tensor], list[MixerCache]]:
         """Encodes the context frames and commits its whole chunks.  -> (latent chunks, caches)."""
         latents = self.codec.encode(context)
         n = latents.size(1) // self.chunk_frames

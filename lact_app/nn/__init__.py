@@ -1,19 +1,13 @@
-"""Modules built on the fast-weight core: the LaCT layer and branch, attention, RoPE, MLPs, norms."""
+"""Modules built on the fast-weight core: the LaCT layer and its config, attention, RoPE, MLPs, norms."""
 
-from .attention import Attention, attend, chunk_local_attention
-from .fast_inputs import FastWeightInputs
+from .attention import Attention, QueryBlock, attend
+from .cache import MixerCache
+from .config import MEMORIES, FastWeightConfig, check_memory
+from .fast_inputs import FastInputs, FastWeightInputs
 from .fast_weight import FastWeightBranch, fold_heads, merge_heads, resolve_ns_coeffs, split_heads
 from .lact_layer import LaCTLayer
 from .layout import CLEAN, NOISY, Segment, interleaved_layout, interleaved_schedule, segment_bounds
-from .masks import (
-    block_diagonal_mask,
-    causal_window_mask,
-    chunk_local_mask,
-    full_mask,
-    merge_views,
-    per_view,
-    segment_keys,
-)
+from .masks import causal_window_blocks, causal_window_mask, merge_views, per_view, segment_blocks, segment_keys
 from .mlp import GELUMLP, SwiGLUMLP
 from .norms import HeadRMSNorm, build_norm
 from .projections import LRProjection, MomentumProjection, OutputGate
@@ -22,28 +16,31 @@ from .rotary import Rotary3DEmbedding, RotaryEmbedding, grid_positions, rotate
 
 __all__ = [
     "CLEAN",
+    "MEMORIES",
     "NOISY",
     "Attention",
+    "FastInputs",
     "FastWeightBranch",
+    "FastWeightConfig",
     "FastWeightInputs",
     "GELUMLP",
     "HeadRMSNorm",
     "LRProjection",
     "LaCTLayer",
+    "MixerCache",
     "MomentumProjection",
     "OutputGate",
+    "QueryBlock",
     "Rotary3DEmbedding",
     "RotaryEmbedding",
     "Segment",
     "SwiGLUMLP",
     "attend",
-    "block_diagonal_mask",
     "build_norm",
+    "causal_window_blocks",
     "causal_window_mask",
-    "chunk_local_attention",
-    "chunk_local_mask",
+    "check_memory",
     "fold_heads",
-    "full_mask",
     "grid_positions",
     "interleaved_layout",
     "interleaved_schedule",
@@ -55,6 +52,7 @@ __all__ = [
     "per_view",
     "resolve_ns_coeffs",
     "rotate",
+    "segment_blocks",
     "segment_bounds",
     "segment_keys",
     "split_heads",

@@ -6,16 +6,31 @@ Masks are boolean ``[Lq, Lk]`` (True = may attend, see :mod:`lact_app.nn.masks`)
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layout import Segment, segment_bounds
-from .masks import segment_keys
 from .rotary import RotaryEmbedding
+
+
+class QueryBlock(NamedTuple):
+    """Queries ``[start, end)`` attend to the keys in ``keys`` (ranges, concatenated in order),
+    optionally under a bool ``mask`` [end − start, Σ key range lengths] (True = may attend)."""
+
+    start: int
+    end: int
+    keys: tuple[tuple[int, int], ...]
+    mask: Optional[torch.Tensor] = None
+
+
+def key_ranges(t: torch.Tensor, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """[B, heads, L, Dh] -> the ranges' tokens [B, heads, Σ lengths, Dh] (a view for one range)."""
+    if len(ranges) == 1:
+        return t[:, :, ranges[0][0]:ranges[0][1]]
+    return torch.cat([t[:, :, s:e] for s, e in ranges], dim=2)
 
 
 def attend(
@@ -24,46 +39,32 @@ def attend(
     v: torch.Tensor,
     mask: Optional[torch.Tensor] = None,
     is_causal: bool = False,
+    blocks: Optional[Sequence[QueryBlock]] = None,
 ) -> torch.Tensor:
-    """softmax(q kᵀ / √Dh, masked) v.
+    """softmax(q kᵀ / √Dh, masked) v — the one attention entry point of every model.
+
+    Full, causal, windowed, per-view-target and chunk-local attention all come here: a dense
+    ``mask`` for short sequences, or ``blocks`` (one sdpa per query block over its key ranges)
+    where a dense [Lq, Lk] mask would be large (LM windows, the interleaved video layout).
 
     Args:
         q: [B, heads, Lq, Dh]; k, v: [B, heads, Lk, Dh].
         mask: bool, broadcastable to [B, heads, Lq, Lk] (usually [Lq, Lk]); True = may attend.
             Every query must see at least one key (an empty row gives NaN).
         is_causal: top-left aligned causal mask instead of ``mask``.
+        blocks: query blocks covering [0, Lq) in order (instead of ``mask`` / ``is_causal``).
 
     Returns:
         [B, heads, Lq, Dh].
     """
-    if mask is not None and is_causal:
-        raise ValueError("pass either a mask or is_causal, not both")
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-
-
-def chunk_local_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    segments: Sequence[Segment],
-    clean_context: Optional[int] = None,
-) -> torch.Tensor:
-    """Chunk-local attention over an interleaved layout without a dense [L, L] mask.
-
-    Equals ``attend(q, k, v, chunk_local_mask(segments, clean_context))`` with one sdpa call per
-    segment over its own keys (see :func:`lact_app.nn.masks.segment_keys`).
-
-    Args:
-        q, k, v: [B, heads, L, Dh], L the layout's total length.
-
-    Returns:
-        [B, heads, L, Dh].
-    """
+    if (mask is not None) + is_causal + (blocks is not None) > 1:
+        raise ValueError("pass at most one of mask, is_causal and blocks")
+    if blocks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
     outs = []
-    for (start, end), ranges in zip(segment_bounds(segments), segment_keys(segments, clean_context)):
-        keys = torch.cat([k[:, :, s:e] for s, e in ranges], dim=2)
-        values = torch.cat([v[:, :, s:e] for s, e in ranges], dim=2)
-        outs.append(F.scaled_dot_product_attention(q[:, :, start:end], keys, values))
+    for block in blocks:
+        kk, vv = (key_ranges(t, block.keys) for t in (k, v))
+        outs.append(F.scaled_dot_product_attention(q[:, :, block.start:block.end], kk, vv, attn_mask=block.mask))
     return torch.cat(outs, dim=2)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,10 +12,34 @@ from .qk import l2_normalize
 from .rotary import RotaryEmbedding
 
 
+class FastInputs(NamedTuple):
+    """What the fast-weight op reads per token.
+
+    q, k, v: [B, L, n_h * D]; lr: [B, L, n_h, 3]; momentum: [B, L, n_h, 1] or None. ``q`` is None
+    for tokens whose queries were applied already (the incomplete chunk of a causal stream).
+    """
+
+    q: Optional[torch.Tensor]
+    k: torch.Tensor
+    v: torch.Tensor
+    lr: torch.Tensor
+    momentum: Optional[torch.Tensor]
+
+    def extend(self, other: "FastInputs") -> "FastInputs":
+        """These tokens followed by ``other``'s (fields None in either stay None)."""
+        return FastInputs(*(None if a is None or b is None else torch.cat([a, b], dim=1) for a, b in zip(self, other)))
+
+    def tail(self, n: int) -> Optional["FastInputs"]:
+        """The last ``n`` tokens, or None when ``n`` is 0."""
+        if n == 0:
+            return None
+        return FastInputs(*(None if a is None else a[:, a.size(1) - n :] for a in self))
+
+
 class FastWeightInputs(nn.Module):
     """q̂, k̂, v̂ → q, k, v of the fast-weight branch.
 
-    Order: per-channel affine of q̂, k̂ (LM / video) → silu (each switchable) → l2 of q, k per
+    Order: per-channel affine of q̂, k̂ (LM / video) → silu (LM / NVS) → l2 of q, k per
     fast-weight head → RoPE. The affine comes first as in the LM code, the only one that combines it
     with silu. RoPE rotates pieces of ``rope.head_dim`` channels (the attention head size in the LM
     code), which tile each fast-weight head, so the l2 norm is unchanged by it.
@@ -23,9 +47,8 @@ class FastWeightInputs(nn.Module):
     Args:
         dim: n_h * D.
         num_heads: n_h.
-        silu_q, silu_k, silu_v: apply silu to q, k, v.
+        silu: apply silu to q, k and v.
         qk_affine: learned per-channel scale (init 1) and offset (init 0) of q̂ and k̂, ``[dim, 2]``.
-        qk_l2_norm: l2-normalise q and k over each head (x / (‖x‖ + 1e-5), fp32).
         rope: rotary embedding of q and k, or None (NoPE); its head_dim must divide D.
     """
 
@@ -33,21 +56,17 @@ class FastWeightInputs(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        silu_q: bool = True,
-        silu_k: bool = True,
-        silu_v: bool = True,
+        *,
+        silu: bool = True,
         qk_affine: bool = False,
-        qk_l2_norm: bool = True,
         rope: Optional[RotaryEmbedding] = None,
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ValueError(f"dim {dim} is not divisible by fast_weight.heads {num_heads}")
         if rope is not None and (dim // num_heads) % rope.head_dim:
             raise ValueError(f"rope head_dim {rope.head_dim} must divide the fast-weight head dim {dim // num_heads}")
-        self.num_heads = num_heads
-        self.silu = (silu_q, silu_k, silu_v)
-        self.qk_l2_norm, self.rope = qk_l2_norm, rope
+        self.num_heads, self.silu, self.rope = num_heads, silu, rope
         if qk_affine:
             self.qk_scale = nn.Parameter(torch.ones(dim, 2))
             self.qk_offset = nn.Parameter(torch.zeros(dim, 2))
@@ -64,17 +83,16 @@ class FastWeightInputs(nn.Module):
         if self.qk_scale is not None:
             q = q * self.qk_scale[:, 0] + self.qk_offset[:, 0]
             k = k * self.qk_scale[:, 1] + self.qk_offset[:, 1]
-        q, k, v = (F.silu(t) if on else t for t, on in zip((q, k, v), self.silu))
-        if self.qk_l2_norm:
-            q, k = self._l2_per_head(q), self._l2_per_head(k)
+        if self.silu:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q, k = self._l2_per_head(q), self._l2_per_head(k)
         if self.rope is not None:
             q, k = self._rotate(q, positions), self._rotate(k, positions)
         return q, k, v
 
     def extra_repr(self) -> str:
         return (
-            f"num_heads={self.num_heads}, silu(q,k,v)={self.silu}, qk_affine={self.qk_scale is not None}, "
-            f"qk_l2_norm={self.qk_l2_norm}, rope={self.rope!r}"
+            f"num_heads={self.num_heads}, silu={self.silu}, qk_affine={self.qk_scale is not None}, rope={self.rope!r}"
         )
 
     def _l2_per_head(self, x: torch.Tensor) -> torch.Tensor:

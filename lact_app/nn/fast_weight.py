@@ -16,20 +16,17 @@ from einops import rearrange
 from torch import nn
 
 from ..ops import LM_NS_COEFFS, FastWeights, Op, classic_ns_coeffs, lact_swiglu
+from .config import FastWeightConfig
+from .fast_inputs import FastInputs
 from .precision import autocast_off
 
 Coeffs = Sequence[tuple[float, float, float]]
-
-#: Initialisation schemes of the initial fast weights (LACT_SPEC.md §1.2).
-W_INITS = ("normal", "nvs", "low_rank")
 
 #: Scale of the fixed identity added to the low-rank w0/w2 (LM reference).
 LOW_RANK_IDENTITY = 0.5
 
 
-def resolve_ns_coeffs(
-    ns_coeffs: Union[str, Coeffs], ns_steps: int = 5
-) -> tuple[tuple[float, float, float], ...]:
+def resolve_ns_coeffs(ns_coeffs: Union[str, Coeffs], ns_steps: int = 5) -> tuple[tuple[float, float, float], ...]:
     """Newton–Schulz coefficients from a name or an explicit list.
 
     Args:
@@ -63,56 +60,37 @@ def merge_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 class FastWeightBranch(nn.Module):
-    """Learned initial fast weights of ``num_heads`` SwiGLU heads and the schedule that runs them.
+    """Learned initial fast weights of ``config.heads`` SwiGLU heads and the schedule that runs them.
 
     Args:
-        num_heads: n_h, the number of fast-weight heads.
         head_dim: D, the fast-weight head dim (input and output width of each SwiGLU).
-        inter_multi: hidden width multiplier, H = int(inter_multi * D).
-        w_init: ``"normal"`` (w0, w2 ~ N(0,1)/√D, w1 ~ N(0,1)/√H: minimal and video code),
-            ``"nvs"`` (the same × √2) or ``"low_rank"`` (w0, w2 = L·R + 0.5·I with learned factors
-            of rank ``low_rank`` and gain ``init_gain``; w1 ~ N(0,1)/√H: LM code).
-        low_rank: rank r of the low-rank w0/w2.
-        init_gain: gain g of the low-rank factors (L ~ N(0, (g/√r)²), R ~ N(0, (g/√D)²)).
-        use_muon: orthogonalise each update with Newton–Schulz.
-        ns_coeffs: ``"lm"``, ``"classic"`` or explicit (a, b, c) triples (see :func:`resolve_ns_coeffs`).
-        ns_steps: steps of the classic schedule.
-        weight_norm: rescale each row to its initial norm after every update.
-        detach_norms: stop the outer gradient through those initial norms (NVS reference).
+        config: the fast-weight knobs (heads, ``inter_multi``, ``w_init``, Muon, weight norm …).
+        detach_norms: stop the outer gradient through the initial row norms (NVS reference).
         state_dtype: dtype of the fast-weight state (fp32 also under bf16 autocast).
     """
 
     def __init__(
         self,
-        num_heads: int,
         head_dim: int,
-        inter_multi: float = 1.0,
-        w_init: str = "normal",
-        low_rank: int = 32,
-        init_gain: float = 0.5,
-        use_muon: bool = False,
-        ns_coeffs: Union[str, Coeffs] = "lm",
-        ns_steps: int = 5,
-        weight_norm: bool = True,
+        config: FastWeightConfig,
+        *,
         detach_norms: bool = False,
         state_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
-        if w_init not in W_INITS:
-            raise ValueError(f"w_init must be one of {W_INITS}, got {w_init!r}")
-        self.num_heads, self.head_dim = num_heads, head_dim
-        self.hidden = int(inter_multi * head_dim)
+        self.num_heads, self.head_dim = config.heads, head_dim
+        self.hidden = int(config.inter_multi * head_dim)
         if self.hidden < 1:
-            raise ValueError(f"inter_multi * head_dim must give a hidden width >= 1, got {self.hidden}")
-        self.w_init, self.low_rank, self.init_gain = w_init, low_rank, init_gain
-        self.use_muon, self.ns_coeffs = use_muon, resolve_ns_coeffs(ns_coeffs, ns_steps)
-        self.weight_norm, self.detach_norms, self.state_dtype = weight_norm, detach_norms, state_dtype
-        n, h, d = num_heads, self.hidden, head_dim
-        if w_init == "low_rank":  # learned factors; the identity term is fixed (LM reference)
-            self.w0_left = nn.Parameter(torch.empty(n, h, low_rank))
-            self.w0_right = nn.Parameter(torch.empty(n, low_rank, d))
-            self.w2_left = nn.Parameter(torch.empty(n, h, low_rank))
-            self.w2_right = nn.Parameter(torch.empty(n, low_rank, d))
+            raise ValueError(f"fast_weight.inter_multi * head_dim must give a hidden width >= 1, got {self.hidden}")
+        self.w_init, self.low_rank, self.init_gain = config.w_init, config.low_rank, config.init_gain
+        self.use_muon, self.ns_coeffs = config.use_muon, resolve_ns_coeffs(config.ns_coeffs, config.ns_steps)
+        self.weight_norm, self.detach_norms, self.state_dtype = config.weight_norm, detach_norms, state_dtype
+        n, h, d, r = config.heads, self.hidden, head_dim, config.low_rank
+        if config.w_init == "low_rank":  # learned factors; the identity term is fixed (LM reference)
+            self.w0_left = nn.Parameter(torch.empty(n, h, r))
+            self.w0_right = nn.Parameter(torch.empty(n, r, d))
+            self.w2_left = nn.Parameter(torch.empty(n, h, r))
+            self.w2_right = nn.Parameter(torch.empty(n, r, d))
         else:
             self.w0, self.w2 = nn.Parameter(torch.empty(n, h, d)), nn.Parameter(torch.empty(n, h, d))
         self.w1 = nn.Parameter(torch.empty(n, d, h))
@@ -146,22 +124,15 @@ class FastWeightBranch(nn.Module):
         return FastWeights.from_initial(w0, w1, w2, state_dtype=self.state_dtype, detach_norms=self.detach_norms)
 
     def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        lr: torch.Tensor,
-        schedule: Sequence[Op],
-        momentum: Optional[torch.Tensor] = None,
-        state: Optional[FastWeights] = None,
+        self, inputs: FastInputs, schedule: Sequence[Op], state: Optional[FastWeights] = None
     ) -> tuple[torch.Tensor, FastWeights]:
         """Run ``schedule`` over one sequence piece.
 
         Args:
-            q, k, v: [B, L, n_h * D], already preprocessed (silu / l2 / RoPE as the task wants).
-            lr: [B, L, n_h, 3] positive per-token lrs of (w0, w1, w2).
+            inputs: q, k, v [B, L, n_h * D] already preprocessed (silu / l2 / RoPE as the task
+                wants); lr [B, L, n_h, 3] positive per-token lrs of (w0, w1, w2); momentum
+                [B, L, n_h, 1] in (0, 1) or None.
             schedule: ops over [0, L) (``lact_app.ops.causal_schedule`` …).
-            momentum: [B, L, n_h, 1] in (0, 1), or None for no momentum.
             state: the state returned by a previous call (streaming), or None to start from the
                 learned initial weights.
 
@@ -170,17 +141,17 @@ class FastWeightBranch(nn.Module):
         """
         n = self.num_heads
         if state is None:
-            state = self.initial_state(q.size(0))
+            state = self.initial_state(inputs.k.size(0))
         o, state = lact_swiglu(
             state,
-            split_heads(q, n),
-            split_heads(k, n),
-            split_heads(v, n),
-            fold_heads(lr),
-            schedule,
-            None if momentum is None else fold_heads(momentum),
-            self.use_muon,
-            self.weight_norm,
+            split_heads(inputs.q, n),
+            split_heads(inputs.k, n),
+            split_heads(inputs.v, n),
+            fold_heads(inputs.lr),
+            schedule=schedule,
+            momentum=None if inputs.momentum is None else fold_heads(inputs.momentum),
+            use_muon=self.use_muon,
+            weight_norm=self.weight_norm,
             ns_coeffs=self.ns_coeffs,
         )
         return merge_heads(o, n), state

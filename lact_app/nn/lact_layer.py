@@ -1,106 +1,130 @@
-"""The standalone LaCT layer: its own projections around a :class:`FastWeightBranch`."""
+"""`LaCTLayer`: the one fast-weight mixer of every task (LACT_SPEC.md §1).
+
+It owns everything around the functional op: the q/k/v preprocessing, the per-token learning rate
+and momentum heads, the learned initial fast weights, the per-head output norm and the gate (and,
+when it has its own, the qkv and output projections). Tasks differ only in the schedule they pass
+(an ``Op`` list: causal chunks, one update on the NVS input views, the video interleaving) and in
+what surrounds the layer:
+
+    LM     shared qkv with window attention; silu, q/k affine, 1-D RoPE; momentum; head gate
+    video  shared (RMS-normed) qkv with chunk attention; q/k affine, 3-D RoPE; token gate
+    NVS    its own projections; silu; no RoPE; Muon (classic), detached initial norms
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..ops import FastWeights, Op
-from .fast_inputs import FastWeightInputs
-from .fast_weight import Coeffs, FastWeightBranch
+from ..ops import FastWeights, Op, causal_schedule
+from .cache import MixerCache
+from .config import FastWeightConfig
+from .fast_inputs import FastInputs, FastWeightInputs
+from .fast_weight import FastWeightBranch
 from .norms import HeadRMSNorm
 from .projections import GATES, LRProjection, MomentumProjection, OutputGate
 from .rotary import RotaryEmbedding
 
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def streaming_schedule(n: int, chunk: int, applied: int) -> list[Op]:
+    """The causal schedule of ``n`` tokens whose first ``applied`` (< chunk) were applied earlier.
+
+    Chunks stay aligned at the first token; every complete chunk updates, so the returned state
+    continues the sequence.
+    """
+    ops = causal_schedule(n, chunk, update_last=True)
+    return [Op(applied, ops[0].end, update=False, apply=True)] + ops[1:]
+
 
 class LaCTLayer(nn.Module):
-    """Large-chunk test-time-training layer (LACT_SPEC.md §1).
+    """Large-chunk test-time-training layer.
 
-    x → fused qkv → :class:`FastWeightInputs` (affine, silu, l2, RoPE) → :class:`FastWeightBranch`
-    driven by per-token lrs (and momentum) projected from x → per-head RMSNorm → gate → out proj.
+    x (→ own qkv, or the caller's shared q̂, k̂, v̂) → :class:`FastWeightInputs` (affine, silu, l2,
+    RoPE) → :class:`FastWeightBranch` driven by per-token lrs (and momentum) projected from x →
+    per-head RMSNorm → gate (→ own output projection).
 
     Args:
-        dim: model width, = n_h * D.
-        num_heads: n_h, the number of fast-weight heads.
-        inter_multi: fast-weight hidden width multiplier, H = int(inter_multi * D).
-        base_lr: per-token lr at zero logit.
-        lr_bias: learn a bias in the lr projection.
-        use_momentum: per-token momentum σ(Linear(x)), averaged per chunk.
-        use_muon: orthogonalise updates with Newton–Schulz.
-        ns_coeffs: ``"lm"`` (5-step LM schedule) or ``"classic"`` (Muon quintic × ``ns_steps``).
-        ns_steps: steps of the classic schedule.
-        weight_norm: restore each row's initial norm after every update.
-        detach_norms: no outer gradient through those initial norms.
-        qk_l2_norm: l2-normalise the fast q, k per head.
-        silu_q: silu on the fast q.
-        silu_k: silu on the fast k.
-        silu_v: silu on the fast v.
-        qk_affine: learned per-channel scale/offset ``[dim, 2]`` on the fast q, k.
-        output_norm: per-head RMSNorm (weight [D], eps 1e-5) of the branch output.
-        gate: ``"none"``, ``"head"`` (silu(Linear(dim→n_h)) per head) or ``"token"``
-            (silu(Linear(dim→1)), zero-initialised: the layer outputs exactly zero at init).
+        dim: width, = ``config.heads`` · D.
+        config: the fast-weight knobs (:class:`~lact_app.nn.FastWeightConfig`).
+        projections: own qkv and output projections (Linear dim → 3·dim and dim → dim, no bias);
+            False when the caller shares its attention's qkv and output projection.
+        silu: silu on the fast q, k and v.
+        qk_affine: learned per-channel scale/offset ``[dim, 2]`` on the fast q̂, k̂.
+        gate: ``"none"``, ``"head"`` (silu(Linear(dim → n_h)) per head) or ``"token"``
+            (silu(Linear(dim → 1)), zero-initialised: the layer starts switched off).
+        norm_eps: eps of the per-head RMSNorm of the output.
         rope: rotary embedding of the fast q, k (its head_dim must divide D), or None.
-        w_init: initial fast weights, ``"normal"``, ``"nvs"`` or ``"low_rank"``.
-        low_rank: rank of the low-rank w0/w2.
-        init_gain: gain of the low-rank factors.
+        detach_norms: no outer gradient through the initial row norms (NVS reference).
         state_dtype: dtype of the fast-weight state.
-        out_proj: end with a Linear(dim→dim, no bias); otherwise return the gated output.
     """
 
     def __init__(
         self,
         dim: int,
-        num_heads: int,
-        inter_multi: float = 1.0,
-        base_lr: float = 0.01,
-        lr_bias: bool = True,
-        use_momentum: bool = False,
-        use_muon: bool = False,
-        ns_coeffs: Union[str, Coeffs] = "lm",
-        ns_steps: int = 5,
-        weight_norm: bool = True,
-        detach_norms: bool = False,
-        qk_l2_norm: bool = True,
-        silu_q: bool = True,
-        silu_k: bool = True,
-        silu_v: bool = True,
+        config: FastWeightConfig,
+        *,
+        projections: bool = True,
+        silu: bool = True,
         qk_affine: bool = False,
-        output_norm: bool = True,
         gate: str = "none",
+        norm_eps: float = 1e-5,
         rope: Optional[RotaryEmbedding] = None,
-        w_init: str = "normal",
-        low_rank: int = 32,
-        init_gain: float = 0.5,
+        detach_norms: bool = False,
         state_dtype: torch.dtype = torch.float32,
-        out_proj: bool = True,
     ):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        heads = config.heads
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by fast_weight.heads {heads}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-        head_dim = dim // num_heads
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.inputs = FastWeightInputs(dim, num_heads, silu_q, silu_k, silu_v, qk_affine, qk_l2_norm, rope)
-        self.lr_proj = LRProjection(dim, num_heads, base_lr, lr_bias)
-        self.momentum_proj = MomentumProjection(dim, num_heads) if use_momentum else None
-        self.branch = FastWeightBranch(
-            num_heads, head_dim, inter_multi, w_init, low_rank, init_gain,
-            use_muon, ns_coeffs, ns_steps, weight_norm, detach_norms, state_dtype,
-        )  # fmt: skip
-        self.output_norm = HeadRMSNorm(num_heads, head_dim) if output_norm else nn.Identity()
-        self.gate = OutputGate(dim, num_heads, gate) if gate != "none" else None
-        self.out_proj = nn.Linear(dim, dim, bias=False) if out_proj else nn.Identity()
+        head_dim = dim // heads
+        self.chunk = config.chunk
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False) if projections else None
+        self.inputs = FastWeightInputs(dim, heads, silu=silu, qk_affine=qk_affine, rope=rope)
+        self.lr_proj = LRProjection(dim, heads, config.base_lr)
+        self.momentum_proj = MomentumProjection(dim, heads) if config.use_momentum else None
+        self.branch = FastWeightBranch(head_dim, config, detach_norms=detach_norms, state_dtype=state_dtype)
+        self.output_norm = HeadRMSNorm(heads, head_dim, eps=norm_eps)
+        self.gate = OutputGate(dim, heads, gate) if gate != "none" else None
+        self.out_proj = nn.Linear(dim, dim, bias=False) if projections else None
+
+    def fast_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the fast-weight machinery: everything but the qkv / output
+        projections (what the video reference's fast-weight lr multiplier covers)."""
+        skip = {id(p) for m in (self.qkv, self.out_proj) if m is not None for p in m.parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in skip]
+
+    def fast_inputs(self, x: torch.Tensor, qkv: Optional[QKV], positions: Optional[torch.Tensor]) -> FastInputs:
+        """x: [B, L, dim] (and the shared q̂, k̂, v̂ [B, L, dim] when the layer has no projections)
+        -> the op's per-token inputs. ``positions`` go to the RoPE."""
+        if qkv is None:
+            if self.qkv is None:
+                raise ValueError("this LaCTLayer shares its caller's projections: pass qkv")
+            qkv = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self.inputs(*qkv, positions=positions)
+        lr = self.lr_proj(x)
+        return FastInputs(q, k, v, lr, None if self.momentum_proj is None else self.momentum_proj(x))
+
+    def finish(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Branch output o: [B, L, dim] -> per-head norm -> gate (from x: [B, L, dim]) -> out proj."""
+        o = self.output_norm(o)
+        if self.gate is not None:
+            o = self.gate(x, o)
+        return o if self.out_proj is None else self.out_proj(o)
 
     def forward(
         self,
         x: torch.Tensor,
         schedule: Sequence[Op],
-        state: Optional[FastWeights] = None,
+        *,
+        qkv: Optional[QKV] = None,
         positions: Optional[torch.Tensor] = None,
+        state: Optional[FastWeights] = None,
     ) -> tuple[torch.Tensor, FastWeights]:
         """Run the layer over one sequence piece.
 
@@ -108,18 +132,51 @@ class LaCTLayer(nn.Module):
             x: [B, L, dim].
             schedule: fast-weight ops over [0, L) (``causal_schedule(L, chunk)``,
                 ``bidirectional_schedule(L)``, an NVS or interleaved op list).
-            state: the state of a previous call to continue from (streaming), or None.
+            qkv: the caller's q̂, k̂, v̂ [B, L, dim] (layers without projections only).
             positions: rope positions of the tokens ([L] / [B, L]; 3-D: [(B,) L, 3]); defaults to
                 0..L−1 for 1-D RoPE, so pass offsets when streaming.
+            state: the state of a previous call to continue from (streaming), or None.
 
         Returns:
             y: [B, L, dim] and the fast-weight state after the last op.
         """
-        q, k, v = self.inputs(*self.qkv(x).chunk(3, dim=-1), positions=positions)
-        lr = self.lr_proj(x)
-        momentum = None if self.momentum_proj is None else self.momentum_proj(x)
-        o, state = self.branch(q, k, v, lr, schedule, momentum, state)
-        o = self.output_norm(o)
-        if self.gate is not None:
-            o = self.gate(x, o)
-        return self.out_proj(o), state
+        o, state = self.branch(self.fast_inputs(x, qkv, positions), schedule, state)
+        return self.finish(x, o), state
+
+    def causal(
+        self,
+        x: torch.Tensor,
+        *,
+        qkv: Optional[QKV] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[MixerCache] = None,
+    ) -> tuple[torch.Tensor, Optional[FastWeights], Optional[FastInputs]]:
+        """Causal apply-then-update chunks of ``config.chunk`` tokens aligned at 0 (LACT_SPEC.md §1.9(a)).
+
+        Without a cache x is a whole sequence (the last chunk's update is read by no one, so it is
+        skipped). With one, x continues the sequence: the queries of the new tokens read the
+        cached fast weights until their chunk completes; the incomplete chunk's inputs are kept
+        (``pending``) and update the fast weights when it does.
+
+        Returns:
+            y: [B, L, dim]; the fast weights and the pending inputs to cache (None without a cache).
+        """
+        if self.chunk is None:
+            raise ValueError("a causal LaCT layer needs fast_weight.chunk")
+        new = self.fast_inputs(x, qkv, positions)
+        L = x.size(1)
+        if cache is None:
+            o, _ = self.branch(new, causal_schedule(L, self.chunk, update_last=False))
+            return self.finish(x, o), None, None
+        applied = 0 if cache.pending is None else cache.pending.k.size(1)
+        keep = new._replace(q=None)
+        inputs = keep if cache.pending is None else cache.pending.extend(keep)
+        if applied + L < self.chunk:  # no chunk completes (most decoding steps): apply only
+            o, fast = self.branch(new, [Op(0, L, update=False, apply=True)], cache.fast)
+            return self.finish(x, o), fast, inputs
+        q = new.q
+        if applied:  # the incomplete chunk's queries were applied already: pad their slots
+            q = torch.cat([q.new_zeros(q.size(0), applied, q.size(2)), q], dim=1)
+        n = q.size(1)
+        o, fast = self.branch(inputs._replace(q=q), streaming_schedule(n, self.chunk, applied), cache.fast)
+        return self.finish(x, o[:, applied:]), fast, inputs.tail(n % self.chunk)

@@ -6,7 +6,7 @@ A sequence is a list of :class:`Segment` s, each a run of tokens of one kind:
 
 With ``repeats`` R > 1 each noisy chunk appears R times (independent noise draws) after its clean
 predecessor. The same segment list drives the chunk-local attention mask
-(:func:`lact_app.nn.chunk_local_mask` / :func:`lact_app.nn.chunk_local_attention`) and the
+(:func:`lact_app.nn.segment_keys`, run by :func:`lact_app.nn.attend`) and the
 fast-weight schedule (:func:`interleaved_schedule`), so both always agree.
 """
 

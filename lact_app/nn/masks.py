@@ -1,8 +1,7 @@
-"""Boolean attention masks, ``[Lq, Lk]`` with True = may attend (``scaled_dot_product_attention``'s
-convention), and the per-view reshape that replaces a block-diagonal mask.
-
-Dense masks cost Lq·Lk bytes: fine for tests and short sequences; for long interleaved video
-sequences prefer :func:`lact_app.nn.chunk_local_attention`, which never builds one.
+"""Attention patterns for :func:`lact_app.nn.attend`: boolean masks ``[Lq, Lk]`` (True = may attend,
+``scaled_dot_product_attention``'s convention), query blocks with their key ranges (so long
+sequences never build a dense [L, L] mask), and the per-view reshape that replaces a
+block-diagonal mask.
 """
 
 from __future__ import annotations
@@ -12,14 +11,8 @@ from typing import Optional, Sequence
 import torch
 from einops import rearrange
 
+from .attention import QueryBlock
 from .layout import NOISY, Segment, preceding_clean, segment_bounds
-
-
-def full_mask(
-    num_queries: int, num_keys: Optional[int] = None, device: Optional[torch.device] = None
-) -> torch.Tensor:
-    """Every query sees every key.  -> [Lq, Lk] (Lk defaults to Lq)."""
-    return torch.ones(num_queries, num_queries if num_keys is None else num_keys, dtype=torch.bool, device=device)
 
 
 def causal_window_mask(
@@ -57,16 +50,6 @@ def causal_window_mask(
     return mask if window is None else mask & (lag < window)
 
 
-def block_diagonal_mask(view_len: int, num_views: int, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Each of ``num_views`` consecutive views of ``view_len`` tokens attends within itself.
-
-    Returns:
-        [V * l, V * l] bool. Same result as :func:`per_view` + full attention, which is faster.
-    """
-    view = torch.arange(num_views * view_len, device=device) // view_len
-    return view[:, None] == view[None, :]
-
-
 def per_view(x: torch.Tensor, num_views: int) -> torch.Tensor:
     """[b, V * l, ...] -> [b * V, l, ...]: views become batch items (per-view attention, no mask)."""
     return rearrange(x, "b (v l) ... -> (b v) l ...", v=num_views)
@@ -97,24 +80,30 @@ def segment_keys(segments: Sequence[Segment], clean_context: Optional[int] = Non
     return keys
 
 
-def chunk_local_mask(
-    segments: Sequence[Segment], clean_context: Optional[int] = None, device: Optional[torch.device] = None
-) -> torch.Tensor:
-    """Chunk-local attention over an interleaved layout (see :func:`segment_keys`).
+def causal_window_blocks(
+    num_queries: int, window: Optional[int], q_offset: int = 0, k_offset: int = 0, device: Optional[torch.device] = None
+) -> list[QueryBlock]:
+    """Causal sliding-window attention of queries at absolute positions ``q_offset ..`` over keys
+    at ``k_offset ..``, in query blocks of ``window`` (one block when ``window`` is None).
 
-    Args:
-        segments: the layout, e.g. ``interleaved_layout(3, 2)`` = N0 | C0 N1 | C1 N2.
-        clean_context: how many trailing tokens of the preceding clean segment a noisy one sees
-            (the reference's ``kv_cache_size``); None for all of them.
-
-    Returns:
-        [L, L] bool, L the total length.
+    The keys must cover every position a query may see (``k_offset <= q_offset − window + 1`` or
+    0, up to the last query). Each block sees at most 2·window keys, so memory stays linear.
     """
-    bounds = segment_bounds(segments)
-    length = bounds[-1][1] if bounds else 0
-    mask = torch.zeros(length, length, dtype=torch.bool, device=device)
-    for (start, end), ranges in zip(bounds, segment_keys(segments, clean_context)):
-        for k_start, k_end in ranges:
-            mask[start:end, k_start:k_end] = True
-    return mask
+    block = num_queries if window is None else window
+    blocks = []
+    for s in range(0, num_queries, block):
+        e = min(s + block, num_queries)
+        first = q_offset + s
+        lo = 0 if window is None else max(0, first - window + 1 - k_offset)
+        hi = q_offset + e - k_offset
+        mask = causal_window_mask(e - s, window, first, hi - lo, k_offset + lo, device=device)
+        blocks.append(QueryBlock(s, e, ((lo, hi),), mask))
+    return blocks
 
+
+def segment_blocks(segments: Sequence[Segment], ranges: Sequence[Sequence[tuple[int, int]]], first: int = 0) -> list[QueryBlock]:
+    """One query block per segment from index ``first`` on, over its key ``ranges`` (e.g. of
+    :func:`segment_keys`); query positions count from the start of segment ``first``."""
+    bounds = segment_bounds(segments)
+    offset = bounds[first][0] if bounds[first:] else 0
+    return [QueryBlock(s - offset, e - offset, tuple(keys)) for (s, e), keys in zip(bounds[first:], ranges[first:])]

@@ -4,68 +4,74 @@ Token layout: ``x: [B, V * l, dim]`` with the views' tokens one after the other,
 (``num_inputs`` tokens), then target views. Information crosses views only in the mixer, which
 reads the input-view tokens and writes to every token:
 
-- :class:`LaCTMixer`: one fast-weight update over the input tokens, then apply to all tokens (the
-  op list of §1.9(c)); its state is the updated fast weights.
-- :class:`CrossViewAttention`: softmax attention in which every token sees all input tokens and
-  the tokens of its own view (LVSM-style, for ablations and the benchmark); its state is the input
-  tokens' keys and values.
+- ``memory="lact"``, :class:`CrossViewLaCT`: one fast-weight update over the input tokens, then
+  apply to all tokens (the op list of §1.9(c)); its cache holds the updated fast weights.
+- ``memory="full_attention"``, :class:`CrossViewAttention`: softmax attention in which every
+  token sees all input tokens and the tokens of its own view (LVSM-style, for ablations and the
+  benchmark); its cache holds the input tokens' keys and values.
+- ``memory="none"``: no mixing across views — targets see only their own rays (a camera-only
+  baseline that shows how much the inputs are used).
 
-Either mixer can continue from its state (``reconstruct`` then ``render`` in :mod:`lact_app.models.nvs`):
-target tokens never influence input tokens, so rendering targets in any grouping gives the same
-images as the joint forward.
+Either mixer can continue from its cache (``reconstruct`` then ``render`` in
+:mod:`lact_app.models.nvs`): target tokens never influence input tokens, so rendering targets in
+any grouping gives the same images as the joint forward.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import Op
-from .attention import Attention
+from .attention import Attention, attend
+from .cache import MixerCache
+from .config import FastWeightConfig, check_memory
 from .lact_layer import LaCTLayer
 from .masks import merge_views, per_view
 from .mlp import GELUMLP
 from .norms import build_norm
 
-#: Cross-view mixers selectable by name.
-MIXERS = ("lact", "attention")
+
+def nvs_schedule(length: int, num_inputs: int, rendering: bool) -> list[Op]:
+    """Ops over ``length`` tokens whose first ``num_inputs`` are input-view tokens (LACT_SPEC.md
+    §1.9(c)): update on the inputs, then apply to every token; apply only when ``rendering``
+    targets from a cached state."""
+    if rendering:
+        return [Op(0, length, update=False, apply=True)]
+    if num_inputs == length:
+        return [Op(0, length, update=True, apply=True)]
+    return [Op(0, num_inputs, update=True, apply=False), Op(0, length, update=False, apply=True)]
 
 
-class LaCTMixer(nn.Module):
-    """A single-head LaCT layer over all views (NVS reference settings, LACT_SPEC.md §2.1).
+class CrossViewLaCT(nn.Module):
+    """A LaCT layer over all views with its own projections (NVS reference, LACT_SPEC.md §2.1).
 
     Args:
-        dim: model width (= the fast-weight head dim: one head).
-        inter_multi: fast-weight hidden width multiplier (2 = "ttt2x", 4 = "ttt4x").
-        base_lr: per-token lr at zero logit.
-        muon_steps: Newton–Schulz steps of the classic Muon quintic (0: no Muon).
+        dim: model width (= heads · fast-weight head dim; the reference has one head).
+        fast_weight: the fast-weight knobs (``chunk`` must be None: the input views are one chunk).
     """
 
-    def __init__(self, dim: int, inter_multi: float = 2.0, base_lr: float = 0.01, muon_steps: int = 5):
+    def __init__(self, dim: int, fast_weight: FastWeightConfig):
         super().__init__()
-        self.layer = LaCTLayer(
-            dim, num_heads=1, inter_multi=inter_multi, base_lr=base_lr, use_muon=muon_steps > 0,
-            ns_coeffs="classic", ns_steps=max(muon_steps, 1), detach_norms=True, w_init="nvs",
-        )  # fmt: skip
+        if fast_weight.chunk is not None:
+            raise ValueError("fast_weight.chunk must be null for NVS: the input views are one update chunk")
+        self.layer = LaCTLayer(dim, fast_weight, detach_norms=True)
 
     def forward(
-        self, x: torch.Tensor, num_inputs: int, view_len: int, state: Any | None = None
-    ) -> tuple[torch.Tensor, Any]:
-        """x: [B, L, dim] -> ([B, L, dim], fast weights after the update on the input tokens).
+        self, x: torch.Tensor, num_inputs: int, view_len: int, cache: Optional[MixerCache] = None
+    ) -> tuple[torch.Tensor, MixerCache]:
+        """x: [B, L, dim] -> ([B, L, dim], the fast weights after the update on the input tokens).
 
-        With ``state`` (from a call on the input views) every token of x is a target: apply only.
+        With ``cache`` (from a call on the input views) every token of x is a target: apply only.
         """
-        L = x.size(1)
-        if state is not None:
-            schedule = [Op(0, L, update=False, apply=True)]
-        elif num_inputs == L:
-            schedule = [Op(0, L, update=True, apply=True)]
-        else:
-            schedule = [Op(0, num_inputs, update=True, apply=False), Op(0, L, update=False, apply=True)]
-        return self.layer(x, schedule, state)
+        schedule = nvs_schedule(x.size(1), num_inputs, rendering=cache is not None)
+        y, fast = self.layer(x, schedule, state=None if cache is None else cache.fast)
+        return y, MixerCache(fast=fast)
+
+    def output_projection(self) -> nn.Linear:
+        return self.layer.out_proj
 
 
 class CrossViewAttention(Attention):
@@ -80,39 +86,39 @@ class CrossViewAttention(Attention):
         super().__init__(dim, num_heads, qk_norm=True)
 
     def forward(
-        self, x: torch.Tensor, num_inputs: int, view_len: int, state: Any | None = None
-    ) -> tuple[torch.Tensor, Any]:
-        """x: [B, L, dim] -> ([B, L, dim], (k, v) of the input tokens: [B, heads, N_in, Dh] each).
+        self, x: torch.Tensor, num_inputs: int, view_len: int, cache: Optional[MixerCache] = None
+    ) -> tuple[torch.Tensor, MixerCache]:
+        """x: [B, L, dim] -> ([B, L, dim], the input tokens' keys/values [B, heads, N_in, Dh]).
 
-        With ``state`` every token of x is a target and the inputs' keys/values come from it.
+        With ``cache`` every token of x is a target and the inputs' keys/values come from it.
         """
         q, k, v = self.project(x)
-        if state is None:
-            state = (k[:, :, :num_inputs], v[:, :, :num_inputs])
-            inputs_out = F.scaled_dot_product_attention(q[:, :, :num_inputs], *state)
+        if cache is None:
+            cache = MixerCache(keys=k[:, :, :num_inputs], values=v[:, :, :num_inputs])
+            inputs_out = attend(q[:, :, :num_inputs], cache.keys, cache.values)
             q, k, v = q[:, :, num_inputs:], k[:, :, num_inputs:], v[:, :, num_inputs:]
         else:
             inputs_out = q[:, :, :0]
-        targets_out = self._attend_targets(q, k, v, state, view_len) if q.size(2) else q
-        return self.output(torch.cat([inputs_out, targets_out], dim=2)), state
+        targets_out = self._attend_targets(q, k, v, cache, view_len) if q.size(2) else q
+        return self.output(torch.cat([inputs_out, targets_out], dim=2)), cache
 
     @staticmethod
-    def _attend_targets(q, k, v, state, view_len: int) -> torch.Tensor:
+    def _attend_targets(q, k, v, cache: MixerCache, view_len: int) -> torch.Tensor:
         """Target queries [B, h, Nt, Dh] over the input keys and their own view's keys."""
-        k_in, v_in = state
-        n_in, n_t = k_in.size(2), q.size(2)
+        n_in, n_t = cache.keys.size(2), q.size(2)
         view = torch.arange(n_t, device=q.device) // view_len
         mask = torch.cat([q.new_ones(n_t, n_in, dtype=torch.bool), view[:, None] == view[None, :]], dim=1)
-        return F.scaled_dot_product_attention(q, torch.cat([k_in, k], 2), torch.cat([v_in, v], 2), attn_mask=mask)
+        return attend(q, torch.cat([cache.keys, k], 2), torch.cat([cache.values, v], 2), mask)
+
+    def output_projection(self) -> nn.Linear:
+        return self.out_proj
 
 
-def build_mixer(kind: str, dim: int, attn_heads: int, inter_multi: float, base_lr: float, muon_steps: int):
-    """The cross-view mixer named ``kind`` (one of :data:`MIXERS`)."""
-    if kind == "lact":
-        return LaCTMixer(dim, inter_multi, base_lr, muon_steps)
-    if kind == "attention":
-        return CrossViewAttention(dim, attn_heads)
-    raise ValueError(f"mixer must be one of {MIXERS}, got {kind!r}")
+def build_mixer(memory: str, dim: int, attn_heads: int, fast_weight: FastWeightConfig) -> Optional[nn.Module]:
+    """The cross-view mixer of ``memory`` (None for ``"none"``)."""
+    if check_memory(memory) == "lact":
+        return CrossViewLaCT(dim, fast_weight)
+    return CrossViewAttention(dim, attn_heads) if memory == "full_attention" else None
 
 
 class NVSBlock(nn.Module):
@@ -122,21 +128,12 @@ class NVSBlock(nn.Module):
         dim: model width.
         attn_head_dim: head dim of the attention sub-layers (64 in the reference).
         mlp_ratio: hidden width of the GELU MLP as a multiple of ``dim``.
-        mixer: cross-view mixer, ``"lact"`` or ``"attention"``.
-        inter_multi: LaCT fast-weight hidden multiplier.
-        base_lr: LaCT per-token lr at zero logit.
-        muon_steps: LaCT Newton–Schulz steps (0: no Muon).
+        memory: cross-view mixer, ``"lact"``, ``"full_attention"`` or ``"none"``.
+        fast_weight: the LaCT layer's knobs.
     """
 
     def __init__(
-        self,
-        dim: int,
-        attn_head_dim: int = 64,
-        mlp_ratio: float = 4.0,
-        mixer: str = "lact",
-        inter_multi: float = 2.0,
-        base_lr: float = 0.01,
-        muon_steps: int = 5,
+        self, dim: int, *, attn_head_dim: int = 64, mlp_ratio: float = 4.0, memory: str, fast_weight: FastWeightConfig
     ):
         super().__init__()
         if dim % attn_head_dim:
@@ -144,26 +141,27 @@ class NVSBlock(nn.Module):
         heads = dim // attn_head_dim
         self.attn_norm, self.mixer_norm, self.mlp_norm = (build_norm("layer", dim) for _ in range(3))
         self.attn = Attention(dim, heads, qk_norm=True)
-        self.mixer = build_mixer(mixer, dim, heads, inter_multi, base_lr, muon_steps)
+        self.mixer = build_mixer(memory, dim, heads, fast_weight)
         self.mlp = GELUMLP(dim, int(mlp_ratio * dim), bias=False)
 
     def forward(
-        self, x: torch.Tensor, num_views: int, num_inputs: int, state: Any | None = None
-    ) -> tuple[torch.Tensor, Any]:
-        """x: [B, V * l, dim] (``num_inputs`` input tokens first) -> ([B, V * l, dim], mixer state).
+        self, x: torch.Tensor, num_views: int, num_inputs: int, cache: Optional[MixerCache] = None
+    ) -> tuple[torch.Tensor, MixerCache]:
+        """x: [B, V * l, dim] (``num_inputs`` input tokens first) -> ([B, V * l, dim], mixer cache).
 
         Args:
             x: tokens of ``num_views`` views.
             num_views: V.
-            num_inputs: input-view tokens at the front of x (0 when ``state`` is given).
-            state: mixer state of the input views (render targets only), or None.
+            num_inputs: input-view tokens at the front of x (0 when ``cache`` is given).
+            cache: the mixer's cache of the input views (render targets only), or None.
         """
         x = x + merge_views(self.attn(per_view(self.attn_norm(x), num_views)), num_views)
-        mixed, state = self.mixer(self.mixer_norm(x), num_inputs, x.size(1) // num_views, state)
-        x = x + mixed
-        return x + self.mlp(self.mlp_norm(x)), state
+        if self.mixer is not None:
+            mixed, cache = self.mixer(self.mixer_norm(x), num_inputs, x.size(1) // num_views, cache)
+            x = x + mixed
+        return x + self.mlp(self.mlp_norm(x)), cache or MixerCache()
 
     def output_projections(self) -> list[nn.Linear]:
         """The projections writing into the residual stream (re-initialised smaller, §2.1)."""
-        mixer_out = self.mixer.layer.out_proj if isinstance(self.mixer, LaCTMixer) else self.mixer.out_proj
-        return [self.attn.out_proj, mixer_out, self.mlp.fc2]
+        mixer = [] if self.mixer is None else [self.mixer.output_projection()]
+        return [self.attn.out_proj, *mixer, self.mlp.fc2]

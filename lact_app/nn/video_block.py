@@ -3,7 +3,7 @@
 One block: adaLN-zero modulation from the per-chunk timestep embedding, then the *mixer* — window
 attention and a LaCT fast-weight branch sharing one qkv projection — then an MLP. The sequence is a
 list of :class:`~lact_app.nn.Segment` s (``N0 | C0 N1 | C1 N2 | …`` in training); the same code runs
-chunk by chunk at sampling time with a :class:`BlockCache` (fast-weight state + KV cache), so the two
+chunk by chunk at sampling time with a :class:`~lact_app.nn.MixerCache` (fast weights + KV cache), so the two
 paths compute the same function of the same tokens.
 
 ``memory`` selects what carries information across chunks:
@@ -18,41 +18,23 @@ paths compute the same function of the same tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..ops import FastWeights, Op
-from .fast_inputs import FastWeightInputs
-from .fast_weight import FastWeightBranch
+from ..ops import FastWeights
+from .attention import attend
+from .cache import MixerCache
+from .config import FastWeightConfig, check_memory
+from .lact_layer import LaCTLayer
 from .layout import CLEAN, Segment, interleaved_schedule, segment_bounds
-from .masks import segment_keys
+from .masks import segment_blocks, segment_keys
 from .mlp import GELUMLP
-from .norms import HeadRMSNorm
-from .projections import LRProjection, OutputGate
 from .rotary import Rotary3DEmbedding
 
-MEMORIES = ("lact", "full_attention", "none")
-
 Ranges = list[list[tuple[int, int]]]
-
-
-@dataclass(frozen=True)
-class BlockCache:
-    """What one block carries from chunk to chunk while sampling.
-
-    ``state``: fast weights after the last clean chunk (None: the learned initial weights);
-    ``k, v``: [B, heads, Lk, Dh] rotated keys/values of the clean context (None: nothing cached) —
-    the last ``clean_context`` tokens of the last clean chunk (``lact`` / ``none``) or all clean
-    chunks so far (``full_attention``).
-    """
-
-    state: FastWeights | None = None
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
 
 
 def uniform_length(segments: Sequence[Segment]) -> int | None:
@@ -86,78 +68,20 @@ def full_causal_keys(segments: Sequence[Segment]) -> Ranges:
     return keys
 
 
-def segment_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[tuple[int, int]], ranges: Ranges, first: int
-) -> torch.Tensor:
-    """One sdpa per query segment over its key ranges (no dense mask).
-
-    Args:
-        q: [B, heads, Lq, Dh], the queries of segments ``first, first + 1, …``.
-        k, v: [B, heads, L, Dh] of all segments (a cached prefix included).
-        bounds, ranges: token range and key ranges of every segment (see ``segment_keys``).
-        first: index of the first segment that has queries.
-
-    Returns:
-        [B, heads, Lq, Dh].
-    """
-    offset = bounds[first][0]
-    outs = []
-    for (start, end), keys in zip(bounds[first:], ranges[first:]):
-        kk = torch.cat([k[:, :, s:e] for s, e in keys], dim=2) if len(keys) > 1 else k[:, :, keys[0][0]:keys[0][1]]
-        vv = torch.cat([v[:, :, s:e] for s, e in keys], dim=2) if len(keys) > 1 else v[:, :, keys[0][0]:keys[0][1]]
-        outs.append(F.scaled_dot_product_attention(q[:, :, start - offset:end - offset], kk, vv))
-    return torch.cat(outs, dim=2)
-
-
-class FastWeightMemory(nn.Module):
-    """The LaCT branch of the video mixer (LACT_SPEC.md §1.3 video row, §1.10 video row, §4.3).
-
-    q̂, k̂ (already RMS-normed by the mixer) → per-channel affine → l2 per fast-weight head → 3-D
-    RoPE (no silu anywhere); v raw; per-token lrs softplus(Linear(x) + softplus⁻¹(base_lr));
-    update-then-apply SwiGLU fast weights with row weight-norm, no momentum, no Muon; per-head RMSNorm;
-    per-token silu gate, zero-initialised, so the branch starts switched off.
-
-    Args:
-        dim: model width d = n_h * D.
-        num_heads: n_h, fast-weight heads.
-        inter_multi: fast-weight hidden width H = inter_multi * D.
-        base_lr: fast-weight lr at zero logit.
-        rope: the block's 3-D RoPE (head dim = attention head dim, which must divide D).
-    """
-
-    def __init__(self, dim: int, num_heads: int, inter_multi: float, base_lr: float, rope: Rotary3DEmbedding):
-        super().__init__()
-        head_dim = dim // num_heads
-        self.inputs = FastWeightInputs(dim, num_heads, False, False, False, qk_affine=True, qk_l2_norm=True, rope=rope)
-        self.lr_proj = LRProjection(dim, num_heads, base_lr, bias=True)
-        self.branch = FastWeightBranch(num_heads, head_dim, inter_multi, w_init="normal", weight_norm=True)
-        self.output_norm = HeadRMSNorm(num_heads, head_dim, eps=1e-6)
-        self.gate = OutputGate(dim, num_heads, kind="token")
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        positions: torch.Tensor,
-        schedule: Sequence[Op],
-        state: FastWeights | None,
-    ) -> tuple[torch.Tensor, FastWeights]:
-        """x, q̂, k̂, v: [B, L, d]; positions: [L, 3] -> (gated output [B, L, d], state after the ops)."""
-        q, k, v = self.inputs(*qkv, positions=positions)
-        o, state = self.branch(q, k, v, self.lr_proj(x), schedule, state=state)
-        return self.gate(x, self.output_norm(o)), state
-
-
 class ChunkMixer(nn.Module):
     """Window attention + cross-chunk memory with one shared qkv: ``o(attn + gate·ttt)``.
+
+    The LaCT branch follows the video reference (LACT_SPEC.md §1.3 video row, §1.10, §4.3): q̂, k̂
+    RMS-normed by the mixer, then a per-channel affine, l2 per fast-weight head and the 3-D RoPE
+    (no silu); v raw; update-then-apply on every clean chunk; per-head RMSNorm (eps 1e-6); a
+    per-token silu gate, zero-initialised, so the branch starts switched off.
 
     Args:
         dim: model width.
         num_heads: attention heads (3-D RoPE over the head dim, Wan's split).
         memory: ``"lact"``, ``"full_attention"`` or ``"none"`` (see the module docstring).
-        fw_heads: fast-weight heads (``lact`` only).
-        fw_inter_multi: fast-weight hidden multiplier.
-        fw_base_lr: fast-weight lr at zero logit (the reference hard-codes 1e-3).
+        fast_weight: the LaCT branch's knobs (``memory="lact"`` only; ``chunk`` must be None:
+            the clean frame chunks are the update chunks).
         clean_context: trailing tokens of the preceding clean chunk a noisy chunk attends to (the
             reference's ``kv_cache_size``); None: the whole chunk.
         rope_theta: RoPE base.
@@ -167,28 +91,31 @@ class ChunkMixer(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        memory: str = "lact",
-        fw_heads: int = 1,
-        fw_inter_multi: float = 2.0,
-        fw_base_lr: float = 1e-3,
+        *,
+        memory: str,
+        fast_weight: FastWeightConfig,
         clean_context: int | None = None,
         rope_theta: float = 1e4,
     ):
         super().__init__()
-        if memory not in MEMORIES:
-            raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
-        if dim % num_heads or dim % fw_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads} and fw_heads {fw_heads}")
+        check_memory(memory)
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        if fast_weight.chunk is not None:
+            raise ValueError("fast_weight.chunk must be null for video: the clean frame chunks are the update chunks")
         self.num_heads, self.memory, self.clean_context = num_heads, memory, clean_context
         self.rope = Rotary3DEmbedding(dim // num_heads, rope_theta)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
-        self.fast = FastWeightMemory(dim, fw_heads, fw_inter_multi, fw_base_lr, self.rope) if memory == "lact" else None
+        self.lact = None
+        if memory == "lact":
+            self.lact = LaCTLayer(dim, fast_weight, projections=False, silu=False, qk_affine=True, gate="token",
+                                  norm_eps=1e-6, rope=self.rope)  # fmt: skip
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, segments: Sequence[Segment], positions: torch.Tensor, cache: BlockCache | None = None
-    ) -> tuple[torch.Tensor, BlockCache | None]:
+        self, x: torch.Tensor, segments: Sequence[Segment], positions: torch.Tensor, cache: MixerCache | None = None
+    ) -> tuple[torch.Tensor, MixerCache | None]:
         """Mix one sequence piece.
 
         Args:
@@ -196,7 +123,7 @@ class ChunkMixer(nn.Module):
             segments: the layout of the L tokens.
             positions: [L, 3] (t, h, w) RoPE positions.
             cache: None in training (nothing cached, nothing returned); while sampling, the cache of
-                the previous call (``BlockCache()`` at the start of a video).
+                the previous call (``MixerCache()`` at the start of a video).
 
         Returns:
             [B, L, d] and, when a cache was given, the cache after these segments.
@@ -207,17 +134,17 @@ class ChunkMixer(nn.Module):
         qa, ka = (self.rope.apply(t, positions) for t in heads[:2])
         va = heads[2]
         segs, first = list(segments), 0
-        if cache is not None and cache.k is not None:  # the cached clean context acts as a leading clean segment
-            segs, first = [Segment(CLEAN, cache.k.size(2))] + segs, 1
-            ka, va = torch.cat([cache.k, ka], dim=2), torch.cat([cache.v, va], dim=2)
-        bounds = segment_bounds(segs)
-        o = segment_attention(qa, ka, va, bounds, self.key_ranges(segs), first)
+        if cache is not None and cache.keys is not None:  # the cached clean context acts as a leading clean segment
+            segs, first = [Segment(CLEAN, cache.keys.size(2))] + segs, 1
+            ka, va = torch.cat([cache.keys, ka], dim=2), torch.cat([cache.values, va], dim=2)
+        o = attend(qa, ka, va, blocks=segment_blocks(segs, self.key_ranges(segs), first))
         o = rearrange(o, "b h l d -> b l (h d)")
-        state = None if cache is None else cache.state
-        if self.fast is not None:
-            ttt, state = self.fast(x, (q, k, v), positions, interleaved_schedule(segments), state)
+        state = None if cache is None else cache.fast
+        if self.lact is not None:
+            schedule = interleaved_schedule(segments)
+            ttt, state = self.lact(x, schedule, qkv=(q, k, v), positions=positions, state=state)
             o = o + ttt
-        new_cache = None if cache is None else self.next_cache(cache, state, segs, bounds, ka, va)
+        new_cache = None if cache is None else self.next_cache(cache, state, segs, ka, va)
         return self.out_proj(o), new_cache
 
     def key_ranges(self, segments: Sequence[Segment]) -> Ranges:
@@ -227,20 +154,20 @@ class ChunkMixer(nn.Module):
         return segment_keys(segments, self.clean_context)
 
     def next_cache(
-        self, cache: BlockCache, state: FastWeights | None, segs: list[Segment], bounds: list[tuple[int, int]],
-        k: torch.Tensor, v: torch.Tensor,
-    ) -> BlockCache:
-        """The cache after ``segs`` (cached prefix included): keys/values of the clean context."""
-        cleans = [b for s, b in zip(segs, bounds) if s.kind == CLEAN]
+        self, cache: MixerCache, state: FastWeights | None, segs: list[Segment], k: torch.Tensor, v: torch.Tensor
+    ) -> MixerCache:
+        """The cache after ``segs`` (cached prefix included): fast weights and the clean context's
+        keys/values ([B, heads, L, Dh] of all of ``segs``)."""
+        cleans = [b for s, b in zip(segs, segment_bounds(segs)) if s.kind == CLEAN]
         if not cleans:
-            return BlockCache(state, cache.k, cache.v)
+            return MixerCache(fast=state, keys=cache.keys, values=cache.values)
         if self.memory != "full_attention":
             start, end = cleans[-1]
             if self.clean_context is not None:
                 start = max(start, end - self.clean_context)
             cleans = [(start, end)]
         keep = torch.cat([torch.arange(s, e, device=k.device) for s, e in cleans])
-        return BlockCache(state, k.index_select(2, keep), v.index_select(2, keep))
+        return MixerCache(fast=state, keys=k.index_select(2, keep), values=v.index_select(2, keep))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -260,9 +187,7 @@ class VideoBlock(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / dim (GELU-tanh MLP as in Wan/DiT).
         memory: ``"lact"``, ``"full_attention"`` or ``"none"``.
-        fw_heads: fast-weight heads.
-        fw_inter_multi: fast-weight hidden multiplier.
-        fw_base_lr: fast-weight lr at zero logit.
+        fast_weight: the LaCT branch's knobs.
         clean_context: keys of the preceding clean chunk a noisy chunk sees (None: all).
         rope_theta: RoPE base.
     """
@@ -271,17 +196,17 @@ class VideoBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         mlp_ratio: float = 4.0,
-        memory: str = "lact",
-        fw_heads: int = 1,
-        fw_inter_multi: float = 2.0,
-        fw_base_lr: float = 1e-3,
+        memory: str,
+        fast_weight: FastWeightConfig,
         clean_context: int | None = None,
         rope_theta: float = 1e4,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mixer = ChunkMixer(dim, num_heads, memory, fw_heads, fw_inter_multi, fw_base_lr, clean_context, rope_theta)
+        self.mixer = ChunkMixer(dim, num_heads, memory=memory, fast_weight=fast_weight, clean_context=clean_context,
+                                rope_theta=rope_theta)  # fmt: skip
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = GELUMLP(dim, int(dim * mlp_ratio), approximate="tanh")
         self.modulation = nn.Linear(dim, 6 * dim)
@@ -294,8 +219,8 @@ class VideoBlock(nn.Module):
         emb: torch.Tensor,
         segments: Sequence[Segment],
         positions: torch.Tensor,
-        cache: BlockCache | None = None,
-    ) -> tuple[torch.Tensor, BlockCache | None]:
+        cache: MixerCache | None = None,
+    ) -> tuple[torch.Tensor, MixerCache | None]:
         """x: [B, L, d]; emb: [B, S, d] one embedding per segment; positions: [L, 3].  -> ([B, L, d], cache)."""
         mod = group_segment_params(self.modulation(F.silu(emb)), segments)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)

@@ -7,7 +7,8 @@ import torch
 
 from lact_app.models.cameras import look_at
 from lact_app.models.nvs import NVSModel, patchify, unpatchify
-from lact_app.nn.nvs_block import LaCTMixer
+from lact_app.nn import MEMORIES
+from lact_app.nn.nvs_block import CrossViewLaCT
 
 
 def cameras(batch: int, views: int, generator: torch.Generator):
@@ -24,9 +25,9 @@ def scene():
     return torch.rand(2, 3, 3, 32, 32, generator=g), k_in, c_in, k_t, c_t
 
 
-def tiny(mixer="lact", **kw):
+def tiny(memory="lact"):
     torch.manual_seed(0)
-    return NVSModel(patch_size=8, dim=64, depth=2, attn_head_dim=32, mixer=mixer, **kw).eval()
+    return NVSModel(patch_size=8, dim=64, depth=2, attn_head_dim=32, memory=memory).eval()
 
 
 def test_patchify_round_trip_and_feature_order():
@@ -38,9 +39,9 @@ def test_patchify_round_trip_and_feature_order():
     torch.testing.assert_close(unpatchify(p, 3, 16, 24, 8), x)
 
 
-@pytest.mark.parametrize("mixer", ["lact", "attention"])
-def test_output_shape_and_range(scene, mixer):
-    out = tiny(mixer)(*scene)
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_output_shape_and_range(scene, memory):
+    out = tiny(memory)(*scene)
     assert out.shape == (2, 5, 3, 32, 32)
     assert out.min() >= 0 and out.max() <= 1
 
@@ -52,18 +53,18 @@ def test_initialisation_follows_the_reference():
     for proj in block.output_projections():
         assert proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(9), rel=0.1)
     lact = block.mixer
-    assert isinstance(lact, LaCTMixer) and lact.layer.num_heads == 1
     branch = lact.layer.branch
+    assert isinstance(lact, CrossViewLaCT) and branch.num_heads == 1
     assert (branch.head_dim, branch.hidden) == (64, 128)
     assert branch.w0.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)  # "nvs" init
     assert branch.w1.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.1)
     assert branch.use_muon and branch.detach_norms and len(branch.ns_coeffs) == 5
 
 
-@pytest.mark.parametrize("mixer", ["lact", "attention"])
-def test_invariant_to_input_view_order(scene, mixer):
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_invariant_to_input_view_order(scene, memory):
     images, k_in, c_in, k_t, c_t = scene
-    model = tiny(mixer)
+    model = tiny(memory)
     perm = torch.tensor([2, 0, 1])
     with torch.no_grad():
         out = model(images, k_in, c_in, k_t, c_t)
@@ -72,16 +73,29 @@ def test_invariant_to_input_view_order(scene, mixer):
     assert out.std() > 1e-3  # not trivially constant
 
 
-@pytest.mark.parametrize("mixer", ["lact", "attention"])
-def test_chunked_render_equals_joint_forward(scene, mixer):
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_chunked_render_equals_joint_forward(scene, memory):
     images, k_in, c_in, k_t, c_t = scene
-    model = tiny(mixer)
+    model = tiny(memory)
     with torch.no_grad():
         joint = model(images, k_in, c_in, k_t, c_t)
         states = model.reconstruct(images, k_in, c_in)
         assert len(states) == 2
         for chunk in (1, 2, None):
             torch.testing.assert_close(model.render(states, k_t, c_t, (32, 32), chunk), joint, atol=1e-6, rtol=0)
+
+
+def test_without_memory_the_inputs_are_not_used(scene):
+    """``memory="none"``: targets see only their own rays (the camera-only baseline)."""
+    images, k_in, c_in, k_t, c_t = scene
+    model = tiny("none")
+    with torch.no_grad():
+        out = model(images, k_in, c_in, k_t, c_t)
+        other = model(torch.rand_like(images), k_in, c_in, k_t, c_t)
+    assert model.blocks[0].mixer is None and torch.equal(out, other)
+    with torch.no_grad():
+        lact = tiny("lact")
+        assert not torch.allclose(lact(images, k_in, c_in, k_t, c_t), lact(torch.rand_like(images), k_in, c_in, k_t, c_t))
 
 
 def test_targets_render_the_same_alone_or_together(scene):

@@ -22,7 +22,10 @@ from lact_app.nn import (
     interleaved_schedule,
     segment_bounds,
 )
+from lact_app.nn import FastWeightConfig
 from lact_app.nn.video_block import ChunkMixer, full_causal_keys
+
+FW = FastWeightConfig()
 from lact_app.ops import Op
 
 N, C = "noisy", "clean"
@@ -61,8 +64,8 @@ def test_layout_and_op_list_three_chunks():
 def test_attention_key_sets_by_hand():
     segments = interleaved_layout(3, 1)  # tokens: N0 C0 N1 C1 N2
     bounds = segment_bounds(segments)
-    lact = ChunkMixer(12, 2, "lact").key_ranges(segments)
-    full = ChunkMixer(12, 2, "full_attention").key_ranges(segments)
+    lact = ChunkMixer(12, 2, memory="lact", fast_weight=FW).key_ranges(segments)
+    full = ChunkMixer(12, 2, memory="full_attention", fast_weight=FW).key_ranges(segments)
     assert full == full_causal_keys(segments)
     #                              N0 C0 N1 C1 N2
     expected_local = torch.tensor([[1, 0, 0, 0, 0],
@@ -81,7 +84,7 @@ def test_attention_key_sets_by_hand():
 
 def test_clean_context_window():
     segments = interleaved_layout(2, 3)  # N0 (0-2) | C0 (3-5) N1 (6-8)
-    ranges = ChunkMixer(12, 2, "lact", clean_context=2).key_ranges(segments)
+    ranges = ChunkMixer(12, 2, memory="lact", fast_weight=FW, clean_context=2).key_ranges(segments)
     assert ranges[2] == [(4, 6), (6, 9)]  # the last 2 tokens of C0, then itself
 
 

@@ -2,20 +2,22 @@
 
 import math
 
+import pytest
 import torch
 
 from lact_app.nn import (
     Attention,
     RotaryEmbedding,
     attend,
-    block_diagonal_mask,
+    causal_window_blocks,
     causal_window_mask,
-    chunk_local_attention,
-    chunk_local_mask,
     interleaved_layout,
     merge_views,
     per_view,
+    segment_blocks,
+    segment_keys,
 )
+from tests.nn.dense_masks import block_diagonal_mask, chunk_local_mask, dense_mask
 
 
 def _qkv(B=2, h=2, L=6, d=4, dtype=torch.float64):
@@ -43,14 +45,43 @@ def test_attend_with_mask_equals_loop():
     torch.testing.assert_close(attend(q, k, v, is_causal=True), causal, rtol=0, atol=1e-12)
 
 
-def test_chunk_local_attention_equals_masked():
+def test_segment_blocks_equal_the_chunk_local_mask():
     layout = interleaved_layout(3, 2, repeats=2)
     q, k, v = _qkv(L=sum(s.length for s in layout))
     for context in (None, 1):
         mask = chunk_local_mask(layout, clean_context=context)
         expected = attend(q, k, v, mask)
-        torch.testing.assert_close(chunk_local_attention(q, k, v, layout, context), expected, rtol=0, atol=1e-12)
+        blocks = segment_blocks(layout, segment_keys(layout, context))
+        torch.testing.assert_close(attend(q, k, v, blocks=blocks), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(expected, _loop_attention(q, k, v, mask), rtol=0, atol=1e-12)
+
+
+def test_segment_blocks_from_a_later_segment_count_queries_from_it():
+    layout = interleaved_layout(3, 2)  # N0 | C0 N1 | C1 N2: queries of C0 onwards only
+    q, k, v = _qkv(L=10)
+    blocks = segment_blocks(layout, segment_keys(layout), first=1)
+    assert blocks[0].start == 0 and blocks[-1].end == 8
+    full = attend(q, k, v, mask=chunk_local_mask(layout))
+    torch.testing.assert_close(attend(q[:, :, 2:], k, v, blocks=blocks), full[:, :, 2:], rtol=0, atol=1e-12)
+
+
+def test_causal_window_blocks_equal_the_dense_window_mask():
+    q, k, v = _qkv(L=11)
+    for window in (1, 3, 4, None):
+        blocks = causal_window_blocks(11, window)
+        assert torch.equal(dense_mask(blocks, 11), causal_window_mask(11, window))
+        expected = attend(q, k, v, causal_window_mask(11, window))
+        torch.testing.assert_close(attend(q, k, v, blocks=blocks), expected, rtol=0, atol=1e-12)
+    # streaming: queries 7..10 over keys 5..10 (a rolling cache) see what the full sequence shows them
+    blocks = causal_window_blocks(4, 3, q_offset=7, k_offset=5)
+    out = attend(q[:, :, 7:], k[:, :, 5:], v[:, :, 5:], blocks=blocks)
+    torch.testing.assert_close(out, attend(q, k, v, causal_window_mask(11, 3))[:, :, 7:], rtol=0, atol=1e-12)
+
+
+def test_attend_takes_one_pattern():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="at most one of mask, is_causal and blocks"):
+        attend(q, k, v, causal_window_mask(6), is_causal=True)
 
 
 def test_attention_module_per_view_equals_block_diagonal():

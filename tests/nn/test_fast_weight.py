@@ -5,8 +5,21 @@ import math
 import pytest
 import torch
 
-from lact_app.nn import FastWeightBranch, inverse_softplus, l2_normalize, lr_from_logits, resolve_ns_coeffs
+from lact_app.nn import (
+    FastInputs,
+    FastWeightBranch,
+    FastWeightConfig,
+    inverse_softplus,
+    l2_normalize,
+    lr_from_logits,
+    resolve_ns_coeffs,
+)
 from lact_app.ops import LM_NS_COEFFS, FastWeights, causal_schedule, classic_ns_coeffs, lact_swiglu
+
+
+def _branch(n_h, D, state_dtype=torch.float32, **config):
+    """A branch of ``n_h`` heads of dim D (hidden D unless ``inter_multi`` says otherwise)."""
+    return FastWeightBranch(D, FastWeightConfig(heads=n_h, **{"inter_multi": 1.0, **config}), state_dtype=state_dtype)
 
 
 def _inputs(B, L, n_h, D, dtype=torch.float64):
@@ -20,13 +33,11 @@ def _inputs(B, L, n_h, D, dtype=torch.float64):
 @pytest.mark.parametrize("w_init", ["normal", "low_rank"])
 def test_branch_equals_lact_swiglu_per_head(w_init):
     B, L, n_h, D = 2, 10, 3, 6
-    branch = FastWeightBranch(
-        n_h, D, inter_multi=1.5, w_init=w_init, low_rank=2, use_muon=True, ns_coeffs="classic",
-        state_dtype=torch.float64,
-    ).double()  # fmt: skip
+    branch = _branch(n_h, D, torch.float64, inter_multi=1.5, w_init=w_init, low_rank=2, use_muon=True,
+                     ns_coeffs="classic").double()  # fmt: skip
     q, k, v, lr, mom = _inputs(B, L, n_h, D)
     schedule = causal_schedule(L, 4)
-    o, state = branch(q, k, v, lr, schedule, mom)
+    o, state = branch(FastInputs(q, k, v, lr, mom), schedule)
     assert o.shape == (B, L, n_h * D) and state.w02.shape == (B * n_h, 2 * 9, D)
     w0, w1, w2 = branch.initial_weights()
     for b in range(B):
@@ -42,18 +53,18 @@ def test_branch_equals_lact_swiglu_per_head(w_init):
 
 
 def test_branch_continues_from_given_state():
-    branch = FastWeightBranch(2, 4, state_dtype=torch.float64).double()
-    q, k, v, lr, _ = _inputs(1, 8, 2, 4)
-    _, s1 = branch(q, k, v, lr, causal_schedule(8, 4))
-    o_fresh, _ = branch(q, k, v, lr, causal_schedule(8, 4))
-    o_cont, s2 = branch(q, k, v, lr, causal_schedule(8, 4), state=s1)
+    branch = _branch(2, 4, torch.float64).double()
+    inputs = FastInputs(*_inputs(1, 8, 2, 4)[:4], None)
+    _, s1 = branch(inputs, causal_schedule(8, 4))
+    o_fresh, _ = branch(inputs, causal_schedule(8, 4))
+    o_cont, s2 = branch(inputs, causal_schedule(8, 4), state=s1)
     assert not torch.allclose(o_fresh, o_cont)
     assert not torch.allclose(s1.w02, s2.w02)
 
 
 def test_low_rank_init_structure():
     n_h, D, r = 2, 16, 3
-    branch = FastWeightBranch(n_h, D, w_init="low_rank", low_rank=r, init_gain=0.5)
+    branch = _branch(n_h, D, w_init="low_rank", low_rank=r, init_gain=0.5)
     w0, w1, w2 = branch.initial_weights()
     eye = torch.eye(D)
     for w in (w0, w2):
@@ -65,7 +76,7 @@ def test_low_rank_init_structure():
 
 def test_low_rank_rectangular_identity():
     # H != D: the identity term is the rectangular eye(H, D), as in the LM reference
-    w0, _, _ = FastWeightBranch(1, 4, inter_multi=1.5, w_init="low_rank", low_rank=1).initial_weights()
+    w0, _, _ = _branch(1, 4, inter_multi=1.5, w_init="low_rank", low_rank=1).initial_weights()
     assert w0.shape == (1, 6, 4)
     assert torch.linalg.matrix_rank(w0 - 0.5 * torch.eye(6, 4)).tolist() == [1]
 
@@ -73,26 +84,43 @@ def test_low_rank_rectangular_identity():
 @pytest.mark.parametrize("w_init, gain", [("normal", 1.0), ("nvs", math.sqrt(2.0))])
 def test_init_scales(w_init, gain):
     D, inter = 64, 2.0
-    branch = FastWeightBranch(8, D, inter_multi=inter, w_init=w_init)
+    branch = _branch(8, D, inter_multi=inter, w_init=w_init)
     H = int(inter * D)
     for w, fan_in in ((branch.w0, D), (branch.w2, D), (branch.w1, H)):
         assert w.std().item() == pytest.approx(gain / math.sqrt(fan_in), rel=0.03)
 
 
 def test_state_fp32_under_bf16_autocast():
-    branch = FastWeightBranch(2, 8, w_init="low_rank", low_rank=2)
+    branch = _branch(2, 8, w_init="low_rank", low_rank=2, use_momentum=True)
     q, k, v, lr, mom = _inputs(2, 8, 2, 8, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        o, state = branch(q.bfloat16(), k.bfloat16(), v.bfloat16(), lr, causal_schedule(8, 4), mom)
+        o, state = branch(FastInputs(q.bfloat16(), k.bfloat16(), v.bfloat16(), lr, mom), causal_schedule(8, 4))
     assert torch.isfinite(o).all()
     assert state.w02.dtype == state.w1.dtype == state.mom02.dtype == torch.float32
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="w_init"):
-        FastWeightBranch(2, 8, w_init="xavier")
-    with pytest.raises(ValueError, match="ns_coeffs"):
-        FastWeightBranch(2, 8, ns_coeffs="fast")
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [("chunk", 0, ">= 1 (or null)"), ("heads", 0, ">= 1"), ("inter_multi", 0.0, "> 0"), ("base_lr", -1e-3, "> 0"),
+     ("ns_coeffs", "fast", "one of ('lm', 'classic')"), ("ns_steps", 0, ">= 1"),
+     ("w_init", "xavier", "one of ('normal', 'nvs', 'low_rank')"), ("low_rank", 0, ">= 1"), ("init_gain", 0.0, "> 0")],
+)  # fmt: skip
+def test_config_rejects_bad_values_naming_the_field(field, value, allowed):
+    with pytest.raises(ValueError) as err:
+        FastWeightConfig(**{field: value})
+    assert str(err.value) == f"fast_weight.{field} must be {allowed}, got {value!r}"
+
+
+def test_config_is_keyword_only_and_round_trips_through_a_dict():
+    with pytest.raises(TypeError):
+        FastWeightConfig(512)  # noqa: the knobs have names, not positions
+    config = FastWeightConfig(chunk=64, heads=2, use_muon=True)
+    assert FastWeightConfig.coerce(config.to_dict()) == config and FastWeightConfig.coerce(config) is config
+
+
+def test_hidden_width_must_be_positive():
+    with pytest.raises(ValueError, match="hidden width >= 1"):
+        _branch(1, 2, inter_multi=0.4)
 
 
 def test_resolve_ns_coeffs():

@@ -3,15 +3,22 @@
 import pytest
 import torch
 
-from lact_app.nn import LaCTLayer, Rotary3DEmbedding, RotaryEmbedding, grid_positions
+import dataclasses
+
+from lact_app.nn import FastWeightConfig, LaCTLayer, MixerCache, Rotary3DEmbedding, RotaryEmbedding, grid_positions
 from lact_app.ops import bidirectional_schedule, causal_schedule
 
 DIM, HEADS = 16, 2
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(FastWeightConfig)}
 
 
 def _layer(**kwargs):
+    """A layer of HEADS heads; config fields and layer options may be mixed in ``kwargs``."""
     torch.manual_seed(0)
-    return LaCTLayer(DIM, HEADS, **kwargs)
+    config = {"heads": HEADS, "inter_multi": 1.0, "base_lr": 0.01}
+    config.update({k: v for k, v in kwargs.items() if k in CONFIG_FIELDS})
+    options = {k: v for k, v in kwargs.items() if k not in CONFIG_FIELDS}
+    return LaCTLayer(DIM, FastWeightConfig(**config), **options)
 
 
 def _x(B=2, L=12, dtype=torch.float32):
@@ -106,9 +113,51 @@ def test_3d_rope_positions():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="divisible"):
-        LaCTLayer(10, 3)
+    with pytest.raises(ValueError, match="dim 10 is not divisible by fast_weight.heads 3"):
+        LaCTLayer(10, FastWeightConfig(heads=3))
     with pytest.raises(ValueError, match="gate"):
-        LaCTLayer(DIM, HEADS, gate="channel")
+        _layer(gate="channel")
     with pytest.raises(ValueError, match="rope head_dim"):
-        LaCTLayer(DIM, HEADS, rope=RotaryEmbedding(6))
+        _layer(rope=RotaryEmbedding(6))
+    with pytest.raises(ValueError, match="pass qkv"):
+        _layer(projections=False)(_x(), causal_schedule(12, 4))
+    with pytest.raises(ValueError, match="needs fast_weight.chunk"):
+        _layer().causal(_x())
+
+
+def test_shared_projections_equal_own_projections():
+    """Without projections the layer reads the caller's q̂, k̂, v̂ and returns the gated output."""
+    own = _layer(gate="head", qk_affine=True)
+    shared = _layer(gate="head", qk_affine=True, projections=False)
+    shared.load_state_dict({k: v for k, v in own.state_dict().items() if not k.startswith(("qkv.", "out_proj."))})
+    x, schedule = _x(), causal_schedule(12, 4)
+    y_own, s_own = own(x, schedule)
+    y_shared, s_shared = shared(x, schedule, qkv=own.qkv(x).chunk(3, dim=-1))
+    torch.testing.assert_close(own.out_proj(y_shared), y_own, rtol=0, atol=0)
+    torch.testing.assert_close(s_shared.w02, s_own.w02, rtol=0, atol=0)
+
+
+def test_fast_parameters_exclude_the_projections():
+    layer = _layer(use_momentum=True, gate="head", qk_affine=True)
+    names = {n for n, _ in layer.fast_parameters()}
+    assert names == {n for n, _ in layer.named_parameters()} - {"qkv.weight", "out_proj.weight"}
+    assert {"branch.w0", "lr_proj.weight", "momentum_proj.bias", "inputs.qk_scale", "gate.proj.weight"} <= names
+
+
+@pytest.mark.parametrize("pieces", [[12], [5, 7], [1] * 12, [3, 1, 8]])
+def test_causal_stream_equals_one_shot(pieces):
+    """Any split of a sequence streamed through ``causal`` with a cache gives the one-shot output."""
+    layer = _layer(chunk=4, use_momentum=True, use_muon=True, gate="head", rope=RotaryEmbedding(4),
+                   state_dtype=torch.float64).double()  # fmt: skip
+    x = _x(L=12, dtype=torch.float64)
+    expected, fast, pending = layer.causal(x, positions=torch.arange(12))
+    assert fast is None and pending is None
+    cache, outs, pos = MixerCache(), [], 0
+    for n in pieces:
+        y, fast, pending = layer.causal(x[:, pos:pos + n], positions=torch.arange(pos, pos + n), cache=cache)
+        pos += n
+        cache = MixerCache(pos, fast, pending)
+        outs.append(y)
+        assert (pending is None) == (pos % 4 == 0) and (pending is None or pending.k.size(1) == pos % 4)
+    # the lr / momentum heads run in fp32 by design, so pieces of other lengths round differently
+    torch.testing.assert_close(torch.cat(outs, dim=1), expected, rtol=1e-6, atol=1e-6)

@@ -5,10 +5,7 @@ import torch
 
 from lact_app.nn import (
     Segment,
-    block_diagonal_mask,
     causal_window_mask,
-    chunk_local_mask,
-    full_mask,
     interleaved_layout,
     interleaved_schedule,
     merge_views,
@@ -16,15 +13,11 @@ from lact_app.nn import (
     segment_bounds,
 )
 from lact_app.ops import Op, validate_schedule
+from tests.nn.dense_masks import block_diagonal_mask, chunk_local_mask
 
 
 def _bool(rows):
     return torch.tensor(rows, dtype=torch.bool)
-
-
-def test_full_mask():
-    assert torch.equal(full_mask(2, 3), torch.ones(2, 3, dtype=torch.bool))
-    assert full_mask(4).shape == (4, 4)
 
 
 def test_causal_window_mask():

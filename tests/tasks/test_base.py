@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lact_app.callbacks.media import encode_gif, gif_summary
-from lact_app.nn import FastWeightBranch
+from lact_app.nn import FastWeightConfig, LaCTLayer
 from tasks.base import LaCTTask, WarmupCosine
 from tests.toy import ToyTask
 
@@ -14,11 +14,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class FastToy(ToyTask):
-    """ToyTask plus a low-rank fast-weight branch (its factors are fast weights too)."""
+    """ToyTask plus a LaCT layer with its own projections and low-rank initial fast weights."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.fast = FastWeightBranch(num_heads=1, head_dim=4, w_init="low_rank", low_rank=2)
+        self.fast = LaCTLayer(4, FastWeightConfig(w_init="low_rank", low_rank=2, use_momentum=True))
 
 
 def _groups(task):
@@ -28,11 +28,15 @@ def _groups(task):
 def test_parameter_groups():
     task = FastToy(lr=1e-3, weight_decay=0.1, fast_weight_lr_multiplier=10.0)
     groups = _groups(task)
-    assert set(groups) == {"decay", "no_decay", "fast_decay"}
+    assert set(groups) == {"decay", "no_decay", "fast_decay", "fast_no_decay"}
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in groups["decay"]["params"])
     assert all(p.ndim < 2 for p in groups["no_decay"]["params"])
-    assert groups["fast_decay"]["params"] == list(task.fast.parameters())
+    # the multiplier covers the LaCT layer's fast-weight machinery, not its qkv / output projections
+    fast = {id(p) for _, p in task.fast.fast_parameters()}
+    assert {id(p) for p in groups["fast_decay"]["params"] + groups["fast_no_decay"]["params"]} == fast
+    assert {id(task.fast.qkv.weight), id(task.fast.out_proj.weight)} <= {id(p) for p in groups["decay"]["params"]}
+    assert {id(task.fast.branch.w0_left), id(task.fast.lr_proj.weight)} <= fast
     assert groups["fast_decay"]["lr"] == pytest.approx(1e-2) and groups["decay"]["lr"] == 1e-3
     n_params = sum(len(g["params"]) for g in groups.values())
     assert n_params == len(list(task.parameters()))

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from datamodules.prepare import main as prepare_main
 from lact_app.cli import cli_main
+from lact_app.nn import FastWeightConfig
 from tasks.lm import LMTask, TokenLoss, curve_image
 from tests.conftest import REPO_ROOT
 from tests.models.test_lm import one_thread  # noqa: F401 (an autouse fixture)
@@ -26,8 +27,8 @@ needs_shared = pytest.mark.skipif(not SHARED_LM.is_dir(), reason="../shared/data
 
 TINY = """\
 model:
-  init_args: {{dim: 32, num_layers: 2, num_attn_heads: 2, num_lact_heads: 2, window: 16, chunk: 16,
-              low_rank: 8, warmup_steps: 2, position_buckets: 4}}
+  init_args: {{dim: 32, num_layers: 2, num_attn_heads: 2, window: 16, warmup_steps: 2, position_buckets: 4,
+              fast_weight: {{chunk: 16, heads: 2, low_rank: 8}}}}
 data:
   init_args: {{seq_len: 48, batch_size: 2, samples_per_epoch: 4, shuffle_buffer: 4, max_eval_windows: 2,
               max_new_tokens: 8, cache_dir: {cache}, prompts: ["def main():\\\\n", "import"]}}
@@ -107,8 +108,8 @@ def test_learns_tinyshakespeare_then_test_and_predict(tiny_yaml, shakespeare, tm
     """Val bits per byte from ≈8 (uniform over 258 tokens) to below 3.0 in a few CPU minutes."""
     data = {"train_shards": shakespeare, "val_shards": shakespeare, "test_shards": f"{shakespeare}/val-000000.tar",
             "seq_len": 128, "batch_size": 16, "samples_per_epoch": 16 * 300, "max_eval_windows": 32}
-    model = {"dim": 64, "window": 32, "chunk": 32, "low_rank": 16, "lr": 5e-3, "warmup_steps": 20,
-             "min_lr_ratio": 0.1, "position_buckets": 8}
+    model = {"dim": 64, "window": 32, "fast_weight.chunk": 32, "fast_weight.low_rank": 16, "lr": 5e-3,
+             "warmup_steps": 20, "min_lr_ratio": 0.1, "position_buckets": 8}
     data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
     model = [f"--model.init_args.{k}={v}" for k, v in model.items()]
     args = tiny_args(tiny_yaml, *data, *model, "--trainer.max_steps=300", "--trainer.limit_val_batches=null",
@@ -167,7 +168,9 @@ def test_760m_config_runs_one_step_at_reduced_width(tmp_path, tiny_yaml):
     ]
     cli = cli_main(["fit", *args])
     assert cli.trainer.global_step == 1 and cli.model.hparams.activation_checkpointing
-    assert cli.model.model.blocks[0].mixer.fast.use_muon
+    assert cli.model.model.blocks[0].mixer.lact.branch.use_muon
+    assert cli.model.hparams.fast_weight == {**FastWeightConfig(chunk=16, heads=2, inter_multi=1.0, use_momentum=True,
+                                             use_muon=True, w_init="low_rank", low_rank=8).to_dict()}
 
 
 def test_token_loss_metric_and_curve():
@@ -184,12 +187,15 @@ def test_token_loss_metric_and_curve():
 
 def test_generate_delegates_to_the_model():
     torch.manual_seed(0)
-    task = LMTask(dim=32, num_layers=1, num_attn_heads=2, num_lact_heads=2, window=8, chunk=8, low_rank=4)
+    task = LMTask(dim=32, num_layers=1, num_attn_heads=2, window=8,
+                  fast_weight=FastWeightConfig(chunk=8, heads=2, use_momentum=True, w_init="low_rank", low_rank=4))
     prompt = torch.randint(0, 258, (1, 5))
     out = task.generate(prompt, 12)
     assert out.shape == (1, 12) and torch.equal(out, task.model.generate(prompt, 12, use_cache=False))
     names = task.fast_weight_parameter_names()
-    assert names and all(".fast." in n for n in names)
+    lact = "model.blocks.0.mixer.lact."
+    assert {lact + "branch.w0_left", lact + "lr_proj.weight", lact + "momentum_proj.weight", lact + "gate.proj.weight"} <= names
+    assert all(n.startswith(lact) for n in names) and "model.blocks.0.mixer.qkv.weight" not in names
     assert {g["name"] for g in task.parameter_groups()} >= {"fast_decay", "decay", "no_decay"}
 
 

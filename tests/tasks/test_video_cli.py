@@ -169,7 +169,7 @@ def test_scale_config_one_step_at_reduced_width(tmp_path, video_cache, monkeypat
                     "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}",
                     f"--data.init_args.cache_dir={video_cache}", "--trainer.enable_progress_bar=false"])
     hp = cli.model.hparams
-    assert cli.trainer.global_step == 1 and hp.fw_heads == 2 and hp.clean_context == 4680
+    assert cli.trainer.global_step == 1 and hp.fast_weight["heads"] == 2 and hp.clean_context == 4680
     assert hp.activation_checkpointing and hp.fast_weight_lr_multiplier == 10.0 and hp.sample_shift == 3.0
     groups = {g["name"]: g for g in cli.model.optimizers().optimizer.param_groups}
     assert groups["fast_decay"]["initial_lr"] == 10 * groups["decay"]["initial_lr"]

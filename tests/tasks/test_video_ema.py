@@ -1,5 +1,7 @@
 """The shard-local EMA callback (single process; the FSDP2 path runs in test_video_cli's 2-process test)."""
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -24,10 +26,16 @@ def test_update_swap_and_state_roundtrip():
         assert torch.allclose(module.weight, start["weight"] + 2) and ema.swapped
     assert torch.allclose(module.weight, start["weight"] + 3) and not ema.swapped
 
+    # a single-file checkpoint keeps the EMA beside the weights, where a task loaded alone finds it
+    checkpoint = {"state_dict": {}}
+    ema.on_save_checkpoint(None, module, checkpoint)
+    assert set(checkpoint["ema_state_dict"]) == {"weight", "bias"}
     restored = EMA(decay=0.5)
+    restored.on_load_checkpoint(SimpleNamespace(ckpt_path="last.ckpt"), module, checkpoint)
     restored.load_state_dict(ema.state_dict())
     restored.ensure_initialized(module)
     assert torch.allclose(restored.ema["weight"], start["weight"] + 2)
+    assert torch.allclose(module.weight, start["weight"] + 3)  # the live weights are untouched
 
 
 def test_warmup_decay():

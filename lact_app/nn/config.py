@@ -1,0 +1,93 @@
+"""`FastWeightConfig`: every knob of a LaCT fast-weight layer, declared once for all tasks.
+
+Each task takes one as its argument ``fast_weight`` (``--model.init_args.fast_weight.chunk 512`` on
+the command line); its model passes it to :class:`~lact_app.nn.LaCTLayer`, which owns what
+surrounds the functional op. The defaults below are the video reference's layer; each task's
+reference preset (``LM_FAST_WEIGHT``, ``NVS_FAST_WEIGHT``, ``VIDEO_FAST_WEIGHT`` in its model
+module) changes only the fields where its reference differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Union
+
+#: Initialisation schemes of the initial fast weights (LACT_SPEC.md §1.2).
+W_INITS = ("normal", "nvs", "low_rank")
+
+#: Newton–Schulz coefficient schedules: the reference LM 5-step schedule, or the classic Muon
+#: quintic repeated ``ns_steps`` times (NVS / video reference).
+NS_SCHEDULES = ("lm", "classic")
+
+#: What carries information across chunks / views in every task's mixer: the LaCT fast weights,
+#: softmax attention over everything earlier (the Transformer baseline), or nothing.
+MEMORIES = ("lact", "full_attention", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FastWeightConfig:
+    """The fast-weight layer's knobs (LACT_SPEC.md §1).
+
+    Args:
+        chunk: tokens per fast-weight update of a causal (LM) layer: apply-then-update chunks
+            aligned at 0. NVS (one update on the input views) and video (one update per clean
+            frame chunk) take their schedule from their data layout and need it None.
+        heads: fast-weight heads n_h; the head dim is D = width / n_h.
+        inter_multi: fast-weight hidden width H = int(inter_multi · D) (2: "ttt2x", 4: "ttt4x").
+        base_lr: per-token inner learning rate at zero logit (softplus-parameterised), > 0.
+        use_momentum: momentum on the inner updates (per-token σ(Linear(x)), chunk mean).
+        use_muon: orthogonalise every inner update with Newton–Schulz.
+        ns_coeffs: Newton–Schulz schedule: ``"lm"`` (the reference LM 5-step schedule) or
+            ``"classic"`` (the Muon quintic repeated ``ns_steps`` times).
+        ns_steps: steps of the classic schedule.
+        w_init: initial fast weights: ``"normal"`` (N(0, 1/D) for w0, w2; N(0, 1/H) for w1),
+            ``"nvs"`` (the same × √2) or ``"low_rank"`` (w0, w2 = L·R + 0.5·I, LM reference).
+        low_rank: rank r of the low-rank w0/w2.
+        init_gain: gain of the low-rank factors (L ~ N(0, (g/√r)²), R ~ N(0, (g/√D)²)).
+        weight_norm: rescale each fast-weight row to its initial norm after every update.
+    """
+
+    chunk: Optional[int] = None
+    heads: int = 1
+    inter_multi: float = 2.0
+    base_lr: float = 1e-3
+    use_momentum: bool = False
+    use_muon: bool = False
+    ns_coeffs: str = "lm"
+    ns_steps: int = 5
+    w_init: str = "normal"
+    low_rank: int = 32
+    init_gain: float = 0.5
+    weight_norm: bool = True
+
+    def __post_init__(self) -> None:
+        check = (
+            ("chunk", self.chunk is None or self.chunk >= 1, ">= 1 (or null)"),
+            ("heads", self.heads >= 1, ">= 1"),
+            ("inter_multi", self.inter_multi > 0, "> 0"),
+            ("base_lr", self.base_lr > 0, "> 0"),
+            ("ns_coeffs", self.ns_coeffs in NS_SCHEDULES, f"one of {NS_SCHEDULES}"),
+            ("ns_steps", self.ns_steps >= 1, ">= 1"),
+            ("w_init", self.w_init in W_INITS, f"one of {W_INITS}"),
+            ("low_rank", self.low_rank >= 1, ">= 1"),
+            ("init_gain", self.init_gain > 0, "> 0"),
+        )
+        for name, ok, allowed in check:
+            if not ok:
+                raise ValueError(f"fast_weight.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def coerce(cls, value: Union["FastWeightConfig", dict[str, Any]]) -> "FastWeightConfig":
+        """A config from itself or from a dict of its fields (checkpoint hyperparameters)."""
+        return value if isinstance(value, cls) else cls(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain fields (what checkpoints store, so they load without this class's pickle)."""
+        return asdict(self)
+
+
+def check_memory(memory: str) -> str:
+    """``memory`` if it is one of :data:`MEMORIES`, else a ValueError naming the field."""
+    if memory not in MEMORIES:
+        raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
+    return memory
