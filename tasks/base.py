@@ -25,7 +25,6 @@ Log keys are ``"{stage}/{metric}"`` (``train/loss``, ``val/psnr``, ``test/bpb``)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import resource
 import time
@@ -39,7 +38,7 @@ from torch import nn
 
 from lact_app.callbacks.ema import EMA_CHECKPOINT_KEY, EMA_PREFIX, find_ema, swapped_weights
 from lact_app.callbacks.media import add_gif
-from lact_app.nn import LaCTLayer
+from lact_app.nn import FastWeightConfig, LaCTLayer
 
 class WarmupCosine:
     """LR factor: linear warmup over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
@@ -94,9 +93,8 @@ class LaCTTask(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        for key, value in self.hparams.items():  # configs as plain dicts: checkpoints load without their classes
-            if dataclasses.is_dataclass(value):
-                self.hparams[key] = dataclasses.asdict(value)
+        if "fast_weight" in self.hparams:  # every field, as a plain dict: checkpoints load without the class
+            self.hparams["fast_weight"] = FastWeightConfig.coerce(self.hparams["fast_weight"]).to_dict()
         self.skipped_steps = 0
         self.loaded_ema: dict[str, torch.Tensor] | None = None
         self._model_configured = False

@@ -147,8 +147,6 @@ class EMA(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict.get("last_step", -1)
-        if "ema" in state_dict:  # checkpoints written before the EMA moved beside the weights
-            self.ema, self._pending = {}, state_dict["ema"]
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if self.swapped:  # a checkpoint taken during evaluation must hold the live weights
