@@ -92,7 +92,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     legacy.add_argument("src", type=Path, help="the old Lightning checkpoint (a single .ckpt file)")
     legacy.add_argument("--out", type=Path, required=True, help="where to write the converted checkpoint")
     args = parser.parse_args(argv)
-    checkpoint = upgrade_legacy(torch.load(args.src, map_location="cpu", weights_only=False))
+    try:
+        checkpoint = upgrade_legacy(torch.load(args.src, map_location="cpu", weights_only=False))
+    except ValueError as err:
+        parser.error(f"{args.src}: {err}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, args.out)
     print(f"wrote {args.out} ({checkpoint['hyper_parameters'].get('memory', 'lact')} memory, "

@@ -5,9 +5,6 @@ change (one per task; the video one with an EMA in its callback state) and their
 on fixed inputs, recorded with that code.
 """
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -63,10 +60,11 @@ def test_video_checkpoint_generates_the_same_frames_and_keeps_its_ema(tmp_path, 
     assert not torch.allclose(ema_frames, frames)
 
 
-def test_a_current_checkpoint_is_refused(tmp_path):
+def test_a_current_checkpoint_is_refused(tmp_path, capsys):
     task = VideoTask(dim=16, depth=1, num_heads=2, patch_size=4, chunk_frames=2)
     path = tmp_path / "new.ckpt"
     torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
-    result = subprocess.run([sys.executable, "-m", "tasks.convert", "legacy", str(path), "--out", str(tmp_path / "x")],
-                            capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
-    assert result.returncode != 0 and "not a checkpoint of the old layout" in result.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["legacy", str(path), "--out", str(tmp_path / "x.ckpt")])
+    assert exit_info.value.code == 2 and not (tmp_path / "x.ckpt").exists()
+    assert f"{path}: not a checkpoint of the old layout" in capsys.readouterr().err
