@@ -131,7 +131,7 @@ class SceneDecoder:
         path_frames: frames of the camera path (predict).
     """
 
-    def __init__(self, split: str, image_size: tuple[int, int], num_inputs: int, num_targets: int,
+    def __init__(self, split: str, image_size: tuple[int, int], *, num_inputs: int, num_targets: int,
                  normalize: bool, seed: int, camera_path: str, path_frames: int):
         self.split, self.image_size = split, image_size
         self.num_inputs, self.num_targets = num_inputs, num_targets
@@ -254,9 +254,10 @@ class NVSDataModule(ShardDataModule):
 
     def decoder(self, split: str) -> SceneDecoder:
         """Training draws random disjoint input/target views; evaluation a deterministic split."""
-        views = self.train_views if split == "train" else self.eval_views
-        return SceneDecoder(split, self.image_size, *views, self.normalize_poses, self.seed,
-                            self.camera_path, self.path_frames)
+        num_inputs, num_targets = self.train_views if split == "train" else self.eval_views
+        return SceneDecoder(split, self.image_size, num_inputs=num_inputs, num_targets=num_targets,
+                            normalize=self.normalize_poses, seed=self.seed, camera_path=self.camera_path,
+                            path_frames=self.path_frames)  # fmt: skip
 
     def build_default_dataset(self, root: Path) -> None:
         """Renders the procedural scenes into ``root/{train,val,test}-*.tar``."""

@@ -21,8 +21,9 @@ SHAPES = ("disc", "square", "diamond")
 FPS = 8
 
 
-def _shape_mask(kind: str, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
-    """Soft coverage in [0, 1] of a shape of radius r centred at (cy, cx)."""
+def _shape_mask(kind: str, ys: np.ndarray, xs: np.ndarray, *, centre: tuple[float, float], r: float) -> np.ndarray:
+    """Soft coverage in [0, 1] of a shape of radius r centred at ``centre`` = (cy, cx)."""
+    cy, cx = centre
     dy, dx = np.abs(ys - cy), np.abs(xs - cx)
     dist = {"disc": np.hypot(dy, dx), "square": np.maximum(dy, dx), "diamond": (dy + dx) / 1.4}[kind]
     return np.clip(r - dist + 0.5, 0.0, 1.0)
@@ -64,7 +65,7 @@ def render_clip(rng: np.random.Generator, num_frames: int = 32, size: int = 32) 
     for t in range(num_frames):
         img = np.broadcast_to(background, (size, size, 3)).copy()
         for obj in objects:
-            mask = _shape_mask(obj["kind"], ys, xs, obj["y"], obj["x"], obj["r"])[..., None]
+            mask = _shape_mask(obj["kind"], ys, xs, centre=(obj["y"], obj["x"]), r=obj["r"])[..., None]
             img = img * (1 - mask) + _hue_rgb(obj["hue"] + t * obj["dhue"]) * mask
             obj["y"], obj["vy"] = _bounce(obj["y"], obj["vy"], obj["r"], size - 1 - obj["r"])
             obj["x"], obj["vx"] = _bounce(obj["x"], obj["vx"], obj["r"], size - 1 - obj["r"])

@@ -264,7 +264,7 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
     Every rank yields exactly ``batches_per_epoch`` batches per epoch (``with_epoch``), so DDP
     ranks never wait on each other at an epoch boundary.
     """
-    stream = ResampledShardStream(urls, seed, rank, resume_step)
+    stream = ResampledShardStream(urls, seed, rank, resume_step=resume_step)
     pipeline = wds.DataPipeline(
         stream,
         _samples_stage(counter),

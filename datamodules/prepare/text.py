@@ -109,7 +109,7 @@ def document_sample(index: int, source: str, text: str, fraction: tuple[float, f
     return sample
 
 
-def write_text_shards(files: Iterable[Path], out: Path, split: str, fraction: tuple[float, float] = (0.0, 1.0),
+def write_text_shards(files: Iterable[Path], out: Path, split: str, *, fraction: tuple[float, float] = (0.0, 1.0),
                       tokenizer: Optional[Tokenizer] = None, gutenberg: bool = False, maxcount: int = 1000,
                       root: Optional[Path] = None) -> ShardSink:
     """Writes ``out/<split>-%06d.tar``, one validated document per sample; returns the closed sink."""
@@ -125,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise SystemExit(f"no files found in {args.src} (folders are searched for --glob {args.glob!r})")
     tokenizer = build_tokenizer(args.tokenizer) if args.tokenizer else None
-    sink = write_text_shards(files, Path(args.out), args.split, fraction, tokenizer, args.strip_gutenberg,
-                             args.maxcount)
+    sink = write_text_shards(files, Path(args.out), args.split, fraction=fraction, tokenizer=tokenizer,
+                             gutenberg=args.strip_gutenberg, maxcount=args.maxcount)
     return 0 if sink.written else 1

@@ -186,7 +186,7 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         patch_dim = self.codec.channels * patch_size**2
         self.patch_embed = nn.Linear(patch_dim, dim)
         self.time_embed = TimestepEmbedding(dim)
-        self.cond_embed = ConditionEmbedding(dim, cond, num_classes, cond_dim) if cond != "none" else None
+        self.cond_embed = ConditionEmbedding(dim, cond, num_classes=num_classes, cond_dim=cond_dim) if cond != "none" else None
         self.blocks = nn.ModuleList(
             VideoBlock(dim, num_heads, mlp_ratio=mlp_ratio, memory=memory, fast_weight=fast_weight,
                        clean_context=clean_context, rope_theta=rope_theta)  # fmt: skip
@@ -330,7 +330,7 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         drop = None
         if self.cond_embed is not None and self.cond_dropout > 0:
             drop = torch.rand(B, generator=generator, device=x0.device) < self.cond_dropout
-        return self.flow_matching_loss(x0, t, noise, cond, weight, drop)
+        return self.flow_matching_loss(x0, t, noise, cond=cond, weight=weight, drop=drop)
 
 
 def interleave(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:

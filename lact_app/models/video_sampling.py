@@ -64,7 +64,7 @@ class VideoSampler:
         drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity of noisy chunk ``index`` given the caches of clean chunks < index.  -> [B, k, C, h, w]."""
-        x, emb, segments, _ = self.run_chunk(latents, t, index, NOISY, caches, cond, drop)
+        x, emb, segments, _ = self.run_chunk(latents, t, index, NOISY, caches, cond=cond, drop=drop)
         out = self.final(x, emb, segments)
         return self.unchunk_tokens(out[:, None], *latents.shape[-2:])
 
@@ -82,7 +82,7 @@ class VideoSampler:
         """
         x, cond, drop = self.guided(latents, cond, cfg_scale)
         t = torch.zeros(x.size(0), device=x.device)
-        return self.run_chunk(x, t, index, CLEAN, caches, cond, drop)[3]
+        return self.run_chunk(x, t, index, CLEAN, caches, cond=cond, drop=drop)[3]
 
     @torch.no_grad()
     def generate(
@@ -126,7 +126,8 @@ class VideoSampler:
         total = -(-self.latent_frames(num_frames) // self.chunk_frames)
         for index in range(start, total):
             noise = torch.randn((batch_size, *shape), generator=generator, device=device)
-            chunk = self.denoise_chunk(noise, index, caches, cond, num_steps, cfg_scale, sample_shift)
+            chunk = self.denoise_chunk(noise, index, caches, cond=cond, num_steps=num_steps, cfg_scale=cfg_scale,
+                                       sample_shift=sample_shift)  # fmt: skip
             done.append(chunk)
             if index + 1 < total:
                 caches = self.commit_chunk(chunk, index, caches, cond, cfg_scale)
@@ -137,6 +138,7 @@ class VideoSampler:
         noise: torch.Tensor,
         index: int,
         caches: list[MixerCache],
+        *,
         cond: torch.Tensor | None,
         num_steps: int,
         cfg_scale: float,
@@ -148,7 +150,7 @@ class VideoSampler:
         x = noise
         for t_now, t_next in zip(ts[:-1], ts[1:]):
             xs, c, drop = self.guided(x, cond, cfg_scale)
-            v = self.chunk_velocity(xs, t_now.expand(xs.size(0)), index, caches, c, drop)
+            v = self.chunk_velocity(xs, t_now.expand(xs.size(0)), index, caches, cond=c, drop=drop)
             if drop is not None:  # conditional | unconditional halves
                 v_cond, v_null = v.chunk(2)
                 v = v_null + cfg_scale * (v_cond - v_null)

@@ -124,7 +124,7 @@ class HybridLaCTAttention(nn.Module):
         pos = 0 if cache is None else cache.pos
         if cache is not None and cache.keys is not None:
             k, v = torch.cat([cache.keys, k], dim=2), torch.cat([cache.values, v], dim=2)
-        o = window_attention(q, k, v, self.window, pos, pos + q.size(2) - k.size(2))
+        o = window_attention(q, k, v, self.window, q_offset=pos, k_offset=pos + q.size(2) - k.size(2))
         kv = (None, None)
         if cache is not None:
             keep = k.size(2) if self.window is None else min(k.size(2), self.window - 1)

@@ -108,7 +108,7 @@ class LaCTLayer(nn.Module):
             qkv = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self.inputs(*qkv, positions=positions)
         lr = self.lr_proj(x)
-        return FastInputs(q, k, v, lr, None if self.momentum_proj is None else self.momentum_proj(x))
+        return FastInputs(q, k, v, lr=lr, momentum=None if self.momentum_proj is None else self.momentum_proj(x))
 
     def finish(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Branch output o: [B, L, dim] -> per-head norm -> gate (from x: [B, L, dim]) -> out proj."""

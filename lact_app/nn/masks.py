@@ -97,7 +97,7 @@ def causal_window_blocks(
         lo = 0 if window is None else max(0, first - window + 1 - k_offset)
         hi = q_offset + e - k_offset
         mask = causal_window_mask(e - s, window, first, hi - lo, k_offset + lo, device=device)
-        blocks.append(QueryBlock(s, e, ((lo, hi),), mask))
+        blocks.append(QueryBlock(s, e, ((lo, hi),), mask=mask))
     return blocks
 
 

@@ -176,7 +176,8 @@ def lact_swiglu(
         if op.update:
             s = slice(op.start, op.end)
             mom = None if momentum is None else momentum[:, s]
-            fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon, weight_norm, ns_coeffs, token_block)
+            fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon=use_muon, weight_norm=weight_norm,
+                                     ns_coeffs=ns_coeffs, token_block=token_block)  # fmt: skip
         if op.apply:
             pieces.append((op.start, op.end, apply_fast_weights(fw, q[:, op.start : op.end], token_block)))
     return _assemble(pieces, q), fw

@@ -64,7 +64,8 @@ def read_samples(out: Path) -> list[dict]:
 
 
 def eval_decoder(inputs: int, targets: int, split: str = "test") -> SceneDecoder:
-    return SceneDecoder(split, (SIZE, SIZE), inputs, targets, False, 0, "turntable", 5)
+    return SceneDecoder(split, (SIZE, SIZE), num_inputs=inputs, num_targets=targets, normalize=False, seed=0,
+                        camera_path="turntable", path_frames=5)
 
 
 def test_transforms_json_and_opencv_cameras_give_identical_rays(tmp_path, raw_scene, capsys):

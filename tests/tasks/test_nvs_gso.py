@@ -48,7 +48,8 @@ def gso_baselines(shards: Path) -> dict[str, float]:
     import webdataset as wds
 
     sample = next(iter(wds.WebDataset(str(shards / "train-000000.tar"), shardshuffle=False)))
-    item = SceneDecoder("test", (64, 64), 64 - TARGET_ONLY, TARGET_ONLY, False, 0, "turntable", 1)(sample)
+    item = SceneDecoder("test", (64, 64), num_inputs=64 - TARGET_ONLY, num_targets=TARGET_ONLY, normalize=False, seed=0,
+                        camera_path="turntable", path_frames=1)(sample)
     target, train = item["target_images"], item["input_images"]
     return {"white": psnr(torch.ones_like(target), target).mean().item(),
             "mean_train": psnr(train.mean(0, keepdim=True).expand_as(target), target).mean().item()}
