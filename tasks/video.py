@@ -197,21 +197,10 @@ class VideoTask(LaCTTask):
         seed: int | None = None,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """Generates (``context`` None) or continues videos, with the EMA weights when the run kept
-        an EMA (the trainer's callback, or the checkpoint's) unless ``use_ema`` is False.
-
-        Args:
-            num_frames: frames of the result, context included (may exceed the training clip).
-            batch_size: number of videos without context.
-            context: [B, c, 3, H, W] in [0, 1], real frames to continue (whole chunks are used).
-            cond: per-video condition, or None.
-            num_steps: Euler steps per chunk (default ``sampling_steps``).
-            cfg_scale: guidance scale (default ``cfg_scale``).
-            seed: noise seed.
-            use_ema: sample with the EMA weights when there are any (else the raw weights).
-
-        Returns:
-            [B, num_frames, 3, H, W] in [0, 1].
+        """:meth:`VideoDiffusionModel.generate <lact_app.models.video.VideoDiffusionModel.generate>` with
+        this task's defaults (``sampling_steps``, ``cfg_scale``, the training ``frame_size``) and the
+        EMA weights when the run kept an EMA (the trainer's callback, or the checkpoint's), unless
+        ``use_ema`` is False.  -> [B, num_frames, 3, H, W] in [0, 1].
         """
         hp = self.hparams
         with self.inference_weights(use_ema):
