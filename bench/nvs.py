@@ -22,6 +22,7 @@ import torch
 from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
 from lact_app.models.cameras import look_at
 from lact_app.models.nvs import NVSModel
+from lact_app.nn import BackboneConfig
 
 SIZE, TRAIN_TARGETS, RENDER_TARGETS = 64, 4, 16
 
@@ -35,7 +36,8 @@ def cameras(views: int, device: str):
 def measure(memory: str, views: int, dim: int, depth: int, device: str, repeats: int) -> dict:
     """Times one setting in this process; returns views/s and peak memory (GiB)."""
     torch.manual_seed(0)
-    model = NVSModel(patch_size=8, dim=dim, depth=depth, memory=memory).to(device)
+    backbone = BackboneConfig(dim=dim, depth=depth, heads=max(1, dim // 64), rope_theta=None)
+    model = NVSModel(patch_size=8, backbone=backbone, memory=memory).to(device)
     images = torch.rand(1, views, 3, SIZE, SIZE, device=device)
     k_in, c_in = cameras(views, device)
     k_t, c_t = cameras(RENDER_TARGETS, device)

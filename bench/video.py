@@ -23,9 +23,9 @@ import torch
 
 from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
 from lact_app.models.video import VideoDiffusionModel
-from lact_app.nn import FastWeightConfig
+from lact_app.nn import BackboneConfig, FastWeightConfig
 
-MODEL = dict(dim=256, depth=4, num_heads=4, patch_size=4, chunk_frames=4,
+MODEL = dict(backbone=BackboneConfig(dim=256, depth=4, heads=4), patch_size=4, chunk_frames=4,
              fast_weight=FastWeightConfig(heads=1, inter_multi=2.0))
 FRAME_SIZE = (32, 32)
 SAMPLING_STEPS = 4
@@ -112,7 +112,7 @@ def main() -> None:
             rows.sort(key=lambda r: (r["frames"], r["memory"] != "lact"))
             print_table([row], columns)
             # Written after every row: the long settings take many minutes on a CPU.
-            model = {**MODEL, "fast_weight": MODEL["fast_weight"].to_dict()}
+            model = {**MODEL, **{k: MODEL[k].to_dict() for k in ("backbone", "fast_weight")}}
             write_json(args.out, {"machine": machine_info(), "model": model, "frame_size": FRAME_SIZE,
                                   "sampling_steps": SAMPLING_STEPS, "rows": rows})
     print_table(rows, columns)

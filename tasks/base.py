@@ -38,7 +38,10 @@ from torch import nn
 
 from lact_app.callbacks.ema import EMA_CHECKPOINT_KEY, EMA_PREFIX, find_ema, swapped_weights
 from lact_app.callbacks.media import add_gif
-from lact_app.nn import FastWeightConfig, LaCTLayer
+from lact_app.nn import BackboneConfig, FastWeightConfig, LaCTLayer
+
+#: Config dataclasses of task arguments, stored in the hyperparameters as dicts of all their fields.
+CONFIG_HPARAMS = {"backbone": BackboneConfig, "fast_weight": FastWeightConfig}
 
 class WarmupCosine:
     """LR factor: linear warmup over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
@@ -93,8 +96,9 @@ class LaCTTask(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if "fast_weight" in self.hparams:  # every field, as a plain dict: checkpoints load without the class
-            self.hparams["fast_weight"] = FastWeightConfig.coerce(self.hparams["fast_weight"]).to_dict()
+        for key, config in CONFIG_HPARAMS.items():  # every field, as a plain dict: checkpoints load without the class
+            if key in self.hparams:
+                self.hparams[key] = config.coerce(self.hparams[key]).to_dict()
         self.skipped_steps = 0
         self.loaded_ema: dict[str, torch.Tensor] | None = None
         self._model_configured = False

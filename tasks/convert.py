@@ -1,10 +1,11 @@
 """Checkpoint conversion: ``python -m tasks.convert legacy OLD.ckpt --out NEW.ckpt``.
 
 ``legacy`` rewrites a checkpoint written before the one-model-interface change (LM arguments
-``branch``, ``num_lact_heads``, ``chunk`` …; NVS ``mixer``, ``muon_steps`` …; video ``fw_heads`` …;
-the LM / video LaCT branches under their old parameter names; the EMA inside the EMA callback's
-state) into the current layout: the fast-weight knobs as one ``fast_weight`` dict, ``memory`` in
-the one vocabulary, parameters under their new names (:mod:`lact_app.models.legacy`) and the EMA
+``branch``, ``num_lact_heads``, ``chunk``, ``num_layers`` …; NVS ``mixer``, ``muon_steps``,
+``attn_head_dim`` …; video ``fw_heads``, ``num_heads`` …; the LM / video LaCT branches under their
+old parameter names; the EMA inside the EMA callback's state) into the current layout: the trunk
+as one ``backbone`` dict, the fast-weight knobs as one ``fast_weight`` dict, ``memory`` in the one
+vocabulary, parameters under their new names (:mod:`lact_app.models.legacy`) and the EMA
 beside the weights (``ema_state_dict``). The converted model computes exactly what the old one did.
 """
 
@@ -29,8 +30,11 @@ def move(hp: Hparams, renames: dict[str, str]) -> dict[str, Any]:
 
 
 def upgrade_lm(hp: Hparams) -> None:
-    """LMTask: ``branch`` → ``memory``; the LaCT knobs → ``fast_weight``."""
+    """LMTask: ``branch`` → ``memory``; the trunk → ``backbone``; the LaCT knobs → ``fast_weight``."""
     hp.update(move(hp, {"branch": "memory"}))
+    backbone = move(hp, {"dim": "dim", "num_layers": "depth", "num_attn_heads": "heads", "rope_theta": "rope_theta"})
+    hidden = hp.pop("mlp_hidden", None)
+    hp["backbone"] = {**backbone, "mlp_ratio": None if hidden is None else hidden / backbone["dim"]}
     hp["fast_weight"] = move(hp, {
         "chunk": "chunk", "num_lact_heads": "heads", "inter_multi": "inter_multi", "base_lr": "base_lr",
         "use_momentum": "use_momentum", "use_muon": "use_muon", "w_init": "w_init", "low_rank": "low_rank",
@@ -39,7 +43,10 @@ def upgrade_lm(hp: Hparams) -> None:
 
 
 def upgrade_nvs(hp: Hparams) -> None:
-    """NVSTask: ``mixer`` (``attention``) → ``memory`` (``full_attention``); ``muon_steps`` → Muon knobs."""
+    """NVSTask: the trunk → ``backbone``; ``mixer`` (``attention``) → ``memory`` (``full_attention``);
+    ``muon_steps`` → the Muon knobs of ``fast_weight``."""
+    backbone = move(hp, {"dim": "dim", "depth": "depth", "mlp_ratio": "mlp_ratio"})
+    hp["backbone"] = {**backbone, "heads": backbone["dim"] // hp.pop("attn_head_dim"), "rope_theta": None}
     mixer = hp.pop("mixer", "lact")
     hp["memory"] = "full_attention" if mixer == "attention" else mixer
     steps = hp.pop("muon_steps", 5)
@@ -48,7 +55,9 @@ def upgrade_nvs(hp: Hparams) -> None:
 
 
 def upgrade_video(hp: Hparams) -> None:
-    """VideoTask: ``fw_heads`` / ``fw_inter_multi`` / ``fw_base_lr`` → ``fast_weight``."""
+    """VideoTask: the trunk → ``backbone``; ``fw_heads`` / ``fw_inter_multi`` / ``fw_base_lr`` → ``fast_weight``."""
+    hp["backbone"] = move(hp, {"dim": "dim", "depth": "depth", "num_heads": "heads", "mlp_ratio": "mlp_ratio",
+                               "rope_theta": "rope_theta"})  # fmt: skip
     hp["fast_weight"] = move(hp, {"fw_heads": "heads", "fw_inter_multi": "inter_multi", "fw_base_lr": "base_lr"})
 
 

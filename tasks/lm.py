@@ -22,8 +22,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from datamodules.text import IGNORE_INDEX
-from lact_app.models.lm import LM_FAST_WEIGHT, LaCTLM
-from lact_app.nn import FastWeightConfig
+from lact_app.models.lm import LM_BACKBONE, LM_FAST_WEIGHT, LaCTLM
+from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
 
 
@@ -87,9 +87,8 @@ class LMTask(LaCTTask):
 
     Args:
         vocab_size: model vocabulary; at least the tokenizer's (byte: 258, GPT-2: 50257).
-        dim: model width d.
-        num_layers: number of hybrid blocks.
-        num_attn_heads: attention heads per layer.
+        backbone: width d, layers (``depth``), attention ``heads``, SwiGLU ``mlp_ratio`` (null: the
+            reference's 256·⌈⌊8d/3⌋/256⌉) and ``rope_theta``; default: this project's CPU-scale LM.
         window: sliding-window attention size w (tokens, including the current one).
         memory: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal
             attention: the Transformer baseline) or ``"none"`` (window attention only).
@@ -97,8 +96,6 @@ class LMTask(LaCTTask):
             >= chunk recommended; ``heads``: D = d / heads; ``use_momentum``, ``use_muon``,
             ``w_init`` …); default: the reference LM's.
         fast_rope: RoPE on the fast-weight q, k.
-        rope_theta: RoPE base.
-        mlp_hidden: SwiGLU hidden width (None: 256·⌈⌊8d/3⌋/256⌉ as the reference).
         norm_eps: eps of the RMSNorms.
         initializer_range: std of the normal init of linear and embedding weights.
         position_buckets: number of equal position buckets of the test loss-by-position curve.
@@ -108,15 +105,11 @@ class LMTask(LaCTTask):
     def __init__(
         self,
         vocab_size: int = 258,
-        dim: int = 256,
-        num_layers: int = 4,
-        num_attn_heads: int = 4,
+        backbone: BackboneConfig = LM_BACKBONE,
         window: int = 512,
         memory: str = "lact",
         fast_weight: FastWeightConfig = LM_FAST_WEIGHT,
         fast_rope: bool = True,
-        rope_theta: float = 1e6,
-        mlp_hidden: Optional[int] = None,
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         position_buckets: int = 16,
@@ -124,9 +117,9 @@ class LMTask(LaCTTask):
     ):
         super().__init__(**kwargs)
         self.model = LaCTLM(
-            vocab_size, dim=dim, num_layers=num_layers, num_attn_heads=num_attn_heads, window=window,
-            memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight), fast_rope=fast_rope,
-            rope_theta=rope_theta, mlp_hidden=mlp_hidden, norm_eps=norm_eps, initializer_range=initializer_range,
+            vocab_size, backbone=BackboneConfig.coerce(backbone), window=window, memory=memory,
+            fast_weight=FastWeightConfig.coerce(fast_weight), fast_rope=fast_rope, norm_eps=norm_eps,
+            initializer_range=initializer_range,
         )  # fmt: skip
         self.val_metric = TokenLoss(position_buckets)
         self.test_metric = TokenLoss(position_buckets)

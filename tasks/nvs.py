@@ -14,8 +14,8 @@ from torch import nn
 from datamodules.video_io import encode_mp4
 from lact_app.callbacks.media import encode_gif, to_uint8_frames
 from lact_app.metrics import LPIPS, ImageMetrics, psnr
-from lact_app.models.nvs import NVS_FAST_WEIGHT, NVSModel
-from lact_app.nn import FastWeightConfig
+from lact_app.models.nvs import NVS_BACKBONE, NVS_FAST_WEIGHT, NVSModel
+from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
 
 INPUT_KEYS = ("input_images", "input_intrinsics", "input_c2w")
@@ -28,10 +28,8 @@ class NVSTask(LaCTTask):
 
     Args:
         patch_size: patch size p (image sides must be multiples of it).
-        dim: model width.
-        depth: number of blocks.
-        attn_head_dim: head dim of the attention sub-layers.
-        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        backbone: width, blocks (``depth``), attention ``heads`` (64-dim in the reference) and
+            ``mlp_ratio``; ``rope_theta`` null (no positional encoding); default: the reference's.
         memory: cross-view mixer: ``"lact"``, ``"full_attention"`` (attention over all input
             views, LVSM-style) or ``"none"`` (no mixing across views: a camera-only baseline).
         fast_weight: the LaCT layers' knobs (``inter_multi`` 2: ttt2x, 4: ttt4x; ``base_lr``;
@@ -50,10 +48,7 @@ class NVSTask(LaCTTask):
     def __init__(
         self,
         patch_size: int = 8,
-        dim: int = 768,
-        depth: int = 24,
-        attn_head_dim: int = 64,
-        mlp_ratio: float = 4.0,
+        backbone: BackboneConfig = NVS_BACKBONE,
         memory: str = "lact",
         fast_weight: FastWeightConfig = NVS_FAST_WEIGHT,
         lpips_weight: float = 1.0,
@@ -65,8 +60,8 @@ class NVSTask(LaCTTask):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.model = NVSModel(patch_size=patch_size, dim=dim, depth=depth, attn_head_dim=attn_head_dim,
-                              mlp_ratio=mlp_ratio, memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight))
+        self.model = NVSModel(patch_size=patch_size, backbone=BackboneConfig.coerce(backbone), memory=memory,
+                              fast_weight=FastWeightConfig.coerce(fast_weight))
         self.lpips = LPIPS(lpips_backbone)  # a plain object: never in checkpoints or optimizers
         self.val_metrics = ImageMetrics(self.lpips)
         self.test_metrics = ImageMetrics(self.lpips)

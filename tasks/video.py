@@ -26,8 +26,8 @@ from torch import nn
 from datamodules.video_io import encode_mp4
 from lact_app.callbacks.media import encode_gif
 from lact_app.models.codec import FrameCodec
-from lact_app.models.video import VIDEO_FAST_WEIGHT, VideoDiffusionModel
-from lact_app.nn import FastWeightConfig
+from lact_app.models.video import VIDEO_BACKBONE, VIDEO_FAST_WEIGHT, VideoDiffusionModel
+from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
 from tasks.video_metrics import ContinuationCurve, FrechetVideoDistance
 
@@ -40,10 +40,7 @@ class VideoTask(LaCTTask):
     """Chunk-wise flow-matching video diffusion (model arguments: see ``VideoDiffusionModel``).
 
     Args:
-        dim: model width.
-        depth: number of blocks.
-        num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width / dim.
+        backbone: width, blocks, attention heads, MLP ratio and 3-D RoPE base.
         patch_size: p, tokens are p×p patches of each (latent) frame.
         chunk_frames: (latent) frames per autoregressive chunk.
         memory: ``"lact"``, ``"full_attention"`` (growing KV cache over all previous chunks) or
@@ -51,7 +48,6 @@ class VideoTask(LaCTTask):
         fast_weight: the LaCT layers' knobs (``heads``, ``inter_multi``, ``base_lr`` …; ``chunk``
             stays null: the clean frame chunks are the update chunks); default: the reference's.
         clean_context: keys of the preceding clean chunk a noisy chunk attends to; None: all.
-        rope_theta: base of the 3-D RoPE.
         codec: frame codec (``class_path`` of a ``lact_app.models.codec.FrameCodec``); None: pixels.
         cond: ``"none"``, ``"class"`` (labels, ``cond_key: cls`` in the data) or ``"embedding"``.
         num_classes: classes for class conditioning.
@@ -72,16 +68,12 @@ class VideoTask(LaCTTask):
 
     def __init__(
         self,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
+        backbone: BackboneConfig = VIDEO_BACKBONE,
         patch_size: int = 4,
         chunk_frames: int = 4,
         memory: str = "lact",
         fast_weight: FastWeightConfig = VIDEO_FAST_WEIGHT,
         clean_context: int | None = None,
-        rope_theta: float = 1e4,
         codec: FrameCodec | None = None,
         cond: str = "none",
         num_classes: int = 0,
@@ -101,9 +93,9 @@ class VideoTask(LaCTTask):
     ):
         super().__init__(**kwargs)
         self.model = VideoDiffusionModel(
-            dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, patch_size=patch_size,
-            chunk_frames=chunk_frames, memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight),
-            clean_context=clean_context, rope_theta=rope_theta, codec=codec, cond=cond, num_classes=num_classes,
+            backbone=BackboneConfig.coerce(backbone), patch_size=patch_size, chunk_frames=chunk_frames,
+            memory=memory, fast_weight=FastWeightConfig.coerce(fast_weight), clean_context=clean_context,
+            codec=codec, cond=cond, num_classes=num_classes,
             cond_dim=cond_dim, cond_dropout=cond_dropout, shift=shift, sample_shift=sample_shift,
             logit_normal_weighting=logit_normal_weighting,
         )  # fmt: skip

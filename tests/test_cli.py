@@ -7,7 +7,7 @@ nothing here. Two optional comment lines at the top of a config steer the test:
 
 - ``# test-base: configs/lm.yaml`` — stack this YAML on that one (for scale fragments that only
   change widths/trainer and have no ``model:`` key of their own; such fragments are picked up too).
-- ``# test-overrides: --model.init_args.dim=32 --model.init_args.num_layers=2`` — extra CLI
+- ``# test-overrides: --model.init_args.backbone.dim=32 --model.init_args.backbone.depth=2`` — extra CLI
   arguments (shell-quoted) that shrink the model so it builds in seconds on a CPU.
 
 Configs under ``configs/scale/`` additionally get a CPU trainer (``CPU_TRAINER``): they are meant

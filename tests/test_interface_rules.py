@@ -1,8 +1,9 @@
 """The one-model-interface rules, measured over ``lact_app/``, ``tasks/``, ``datamodules/`` by reading
 the source (they stay in force for every later change):
 
-- each fast-weight knob has a default in at most 2 places outside the functional op
-  (``lact_app/ops`` takes values, not configs): its field in ``FastWeightConfig`` and at most one other;
+- each fast-weight and backbone knob has a default in at most 2 places outside the functional op
+  (``lact_app/ops`` takes values, not configs): its field in ``FastWeightConfig`` /
+  ``BackboneConfig`` and at most one other;
 - no project class is built with more than 3 positional arguments;
 - no call passes more than 5 positional arguments;
 - ``lact_app`` imports neither ``tasks`` nor ``datamodules``; those two do not import each other.
@@ -19,8 +20,10 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 PACKAGES = ("lact_app", "tasks", "datamodules")
-KNOBS = ("chunk", "heads", "inter_multi", "base_lr", "use_momentum", "use_muon", "w_init", "low_rank", "init_gain",
-         "weight_norm")  # fmt: skip
+FAST_WEIGHT_KNOBS = ("chunk", "heads", "inter_multi", "base_lr", "use_momentum", "use_muon", "w_init", "low_rank",
+                     "init_gain", "weight_norm")  # fmt: skip
+BACKBONE_KNOBS = ("dim", "depth", "heads", "mlp_ratio", "rope_theta")
+KNOBS = FAST_WEIGHT_KNOBS + BACKBONE_KNOBS
 
 
 def sources(*packages: str) -> dict[Path, ast.Module]:
@@ -52,12 +55,12 @@ def knob_defaults(path: Path, tree: ast.Module) -> list[tuple[str, str]]:
     return found
 
 
-def test_each_fast_weight_knob_has_a_default_in_at_most_two_places():
+def test_each_knob_has_a_default_in_at_most_two_places():
     defaults = [d for p, t in TREES.items() if "ops" not in p.relative_to(REPO_ROOT).parts for d in knob_defaults(p, t)]
     counts = Counter(knob for knob, _ in defaults)
     too_many = {k: [w for n, w in defaults if n == k] for k, c in counts.items() if c > 2}
     assert not too_many, f"knob defaults declared in more than 2 places: {too_many}"
-    assert set(counts) == set(KNOBS)  # every knob is declared (in FastWeightConfig)
+    assert set(counts) == set(KNOBS)  # every knob is declared (in its config)
 
 
 def project_classes() -> set[str]:

@@ -18,12 +18,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..nn import FastWeightConfig, MixerCache
+from ..nn import BackboneConfig, FastWeightConfig, MixerCache
 from ..nn.hybrid import HybridBlock, HybridLaCTAttention
 
 #: The reference LM's LaCT layer (LACT_SPEC.md §3.2): 4 heads of D = H = d / 4, momentum,
 #: low-rank + 0.5·I initial w0/w2; chunks of 512 tokens at this project's CPU scale (2048 there).
 LM_FAST_WEIGHT = FastWeightConfig(chunk=512, heads=4, inter_multi=1.0, use_momentum=True, w_init="low_rank")
+
+#: The LM trunk at this project's CPU scale (the reference: d = 1536, 24 layers, 24 heads): the
+#: reference's SwiGLU width rule and RoPE base 10⁶.
+LM_BACKBONE = BackboneConfig(mlp_ratio=None, rope_theta=1e6)
 
 
 def default_mlp_hidden(dim: int) -> int:
@@ -62,16 +66,13 @@ class LaCTLM(nn.Module):
 
     Args:
         vocab_size: size of the embedding and of the output head.
-        dim: model width d.
-        num_layers: number of blocks.
-        num_attn_heads: attention heads per layer.
+        backbone: width d, layers, attention heads, SwiGLU width (``mlp_ratio`` None: the
+            reference's rule, :func:`default_mlp_hidden`) and RoPE base (default :data:`LM_BACKBONE`).
         window: sliding-window size w of the attention.
         memory: ``"lact"`` (window attention + LaCT), ``"full_attention"`` (plain causal attention,
             the Transformer baseline) or ``"none"`` (window attention only).
         fast_weight: the LaCT layers' knobs (default: the reference's, :data:`LM_FAST_WEIGHT`).
         fast_rope: RoPE on the fast q, k.
-        rope_theta: RoPE base.
-        mlp_hidden: SwiGLU hidden width; None: the reference's rule (:func:`default_mlp_hidden`).
         norm_eps: eps of the block and final RMSNorms.
         initializer_range: std of the normal init of every Linear and the embedding (biases zero).
     """
@@ -80,29 +81,25 @@ class LaCTLM(nn.Module):
         self,
         vocab_size: int,
         *,
-        dim: int = 256,
-        num_layers: int = 4,
-        num_attn_heads: int = 4,
+        backbone: BackboneConfig = LM_BACKBONE,
         window: int = 512,
         memory: str = "lact",
         fast_weight: FastWeightConfig = LM_FAST_WEIGHT,
         fast_rope: bool = True,
-        rope_theta: float = 1e6,
-        mlp_hidden: Optional[int] = None,
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
     ):
         super().__init__()
         self.vocab_size = vocab_size
+        dim = backbone.dim
         self.embed = nn.Embedding(vocab_size, dim)
-        hidden = mlp_hidden or default_mlp_hidden(dim)
+        hidden = backbone.mlp_hidden(default_mlp_hidden)
         self.blocks = nn.ModuleList(
             HybridBlock(
-                HybridLaCTAttention(dim, num_attn_heads, window=window, memory=memory, fast_weight=fast_weight,
-                                    fast_rope=fast_rope, rope_theta=rope_theta),
+                HybridLaCTAttention(backbone, window=window, memory=memory, fast_weight=fast_weight, fast_rope=fast_rope),
                 dim, hidden, norm_eps=norm_eps,
             )  # fmt: skip
-            for _ in range(num_layers)
+            for _ in range(backbone.depth)
         )
         self.norm = nn.RMSNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)

@@ -23,7 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..nn import FastWeightConfig, MixerCache
+from ..nn import BackboneConfig, FastWeightConfig, MixerCache
 from ..nn.norms import build_norm
 from ..nn.nvs_block import NVSBlock
 from .cameras import plucker_rays
@@ -31,6 +31,10 @@ from .cameras import plucker_rays
 #: The reference NVS LaCT layer (LACT_SPEC.md §2.1, ``l24_d768_ttt2x``): one head over the whole
 #: width, hidden 2·d, base lr 0.01, Muon with 5 classic Newton–Schulz steps, √2-scaled init.
 NVS_FAST_WEIGHT = FastWeightConfig(base_lr=0.01, use_muon=True, ns_coeffs="classic", w_init="nvs")
+
+#: The reference NVS trunk ``l24_d768``: 24 blocks of width 768, 64-dim attention heads, MLP 4·d,
+#: no positional encoding.
+NVS_BACKBONE = BackboneConfig(dim=768, depth=24, heads=12, rope_theta=None)
 
 #: Ray channels per pixel (origin, direction, moment) and image channels.
 RAY_CHANNELS, RGB_CHANNELS = 9, 3
@@ -52,10 +56,8 @@ class NVSModel(nn.Module):
 
     Args:
         patch_size: p; image height and width must be multiples of it.
-        dim: model width.
-        depth: number of blocks.
-        attn_head_dim: head dim of the attention sub-layers.
-        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        backbone: width, blocks, attention heads, MLP ratio (default :data:`NVS_BACKBONE`;
+            ``rope_theta`` must be null).
         memory: cross-view mixer: ``"lact"`` (the paper), ``"full_attention"`` (attention over
             all input views, LVSM-style; quadratic in the number of views) or ``"none"`` (no
             mixing across views: a camera-only baseline).
@@ -67,20 +69,18 @@ class NVSModel(nn.Module):
         self,
         *,
         patch_size: int = 8,
-        dim: int = 768,
-        depth: int = 24,
-        attn_head_dim: int = 64,
-        mlp_ratio: float = 4.0,
+        backbone: BackboneConfig = NVS_BACKBONE,
         memory: str = "lact",
         fast_weight: FastWeightConfig = NVS_FAST_WEIGHT,
     ):
         super().__init__()
-        self.patch_size = patch_size
+        if backbone.rope_theta is not None:
+            raise ValueError(f"backbone.rope_theta must be null for NVS (no positional encoding), got {backbone.rope_theta}")
+        self.patch_size, dim = patch_size, backbone.dim
         channels = (RAY_CHANNELS + RGB_CHANNELS) * patch_size**2
         self.tokenizer = nn.Sequential(nn.Linear(channels, dim, bias=False), build_norm("layer", dim))
         self.blocks = nn.ModuleList(
-            NVSBlock(dim, attn_head_dim=attn_head_dim, mlp_ratio=mlp_ratio, memory=memory, fast_weight=fast_weight)
-            for _ in range(depth)
+            NVSBlock(backbone, memory=memory, fast_weight=fast_weight) for _ in range(backbone.depth)
         )
         self.decoder = nn.Sequential(
             build_norm("layer", dim), nn.Linear(dim, RGB_CHANNELS * patch_size**2, bias=False), nn.Sigmoid()

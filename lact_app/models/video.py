@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..nn import NOISY, FastWeightConfig, MixerCache, check_memory, grid_positions
+from ..nn import NOISY, BackboneConfig, FastWeightConfig, MixerCache, check_memory, grid_positions
 from ..nn.layout import Segment, interleaved_layout
 from ..nn.video_block import VideoBlock, group_segment_params, group_tokens, modulate
 from .codec import FrameCodec, PixelCodec
@@ -34,6 +34,10 @@ CONDITIONS = ("none", "class", "embedding")
 #: no Muon, normal init — :class:`~lact_app.nn.FastWeightConfig`'s defaults; the reference model
 #: (d = 1536) has 2 heads.
 VIDEO_FAST_WEIGHT = FastWeightConfig()
+
+#: The video trunk at this project's CPU scale (the reference: Wan 1.3B, d = 1536, 30 blocks, 12
+#: heads, FFN 8960): :class:`~lact_app.nn.BackboneConfig`'s defaults.
+VIDEO_BACKBONE = BackboneConfig()
 
 #: Timesteps t in [0, 1] enter the embedding as 1000·t (the reference's scale).
 TIME_SCALE = 1000.0
@@ -131,10 +135,7 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
     """Chunk-autoregressive flow-matching video model with LaCT (or full-attention) memory.
 
     Args:
-        dim: model width.
-        depth: number of blocks.
-        num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width / dim.
+        backbone: width, blocks, attention heads, MLP ratio, 3-D RoPE base (default :data:`VIDEO_BACKBONE`).
         patch_size: p, tokens are p×p patches of each (latent) frame.
         chunk_frames: k, (latent) frames per autoregressive chunk.
         memory: ``"lact"`` (fast weights + chunk-local attention), ``"full_attention"`` (causal
@@ -142,7 +143,6 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         fast_weight: the LaCT layers' knobs (default :data:`VIDEO_FAST_WEIGHT`).
         clean_context: keys of the preceding clean chunk a noisy chunk attends to; None: the whole
             chunk (the reference's window = chunk tokens).
-        rope_theta: base of the 3-D RoPE.
         codec: frame codec; None: pixels in [−1, 1].
         cond: ``"none"`` (unconditional), ``"class"`` or ``"embedding"``.
         num_classes: classes for ``cond="class"``.
@@ -156,16 +156,12 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
     def __init__(
         self,
         *,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
+        backbone: BackboneConfig = VIDEO_BACKBONE,
         patch_size: int = 4,
         chunk_frames: int = 4,
         memory: str = "lact",
         fast_weight: FastWeightConfig = VIDEO_FAST_WEIGHT,
         clean_context: int | None = None,
-        rope_theta: float = 1e4,
         codec: FrameCodec | None = None,
         cond: str = "none",
         num_classes: int = 0,
@@ -183,14 +179,15 @@ class VideoDiffusionModel(VideoSampler, nn.Module):
         self.patch_size, self.chunk_frames, self.cond_dropout = patch_size, chunk_frames, cond_dropout
         self.shift, self.sample_shift = shift, shift if sample_shift is None else sample_shift
         self.logit_normal_weighting = logit_normal_weighting
-        patch_dim = self.codec.channels * patch_size**2
+        patch_dim, dim = self.codec.channels * patch_size**2, backbone.dim
         self.patch_embed = nn.Linear(patch_dim, dim)
         self.time_embed = TimestepEmbedding(dim)
-        self.cond_embed = ConditionEmbedding(dim, cond, num_classes=num_classes, cond_dim=cond_dim) if cond != "none" else None
+        self.cond_embed = None
+        if cond != "none":
+            self.cond_embed = ConditionEmbedding(dim, cond, num_classes=num_classes, cond_dim=cond_dim)
         self.blocks = nn.ModuleList(
-            VideoBlock(dim, num_heads, mlp_ratio=mlp_ratio, memory=memory, fast_weight=fast_weight,
-                       clean_context=clean_context, rope_theta=rope_theta)  # fmt: skip
-            for _ in range(depth)
+            VideoBlock(backbone, memory=memory, fast_weight=fast_weight, clean_context=clean_context)
+            for _ in range(backbone.depth)
         )
         self.final = FinalLayer(dim, patch_dim)
 

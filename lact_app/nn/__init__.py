@@ -2,7 +2,7 @@
 
 from .attention import Attention, QueryBlock, attend
 from .cache import MixerCache
-from .config import MEMORIES, FastWeightConfig, check_memory
+from .config import MEMORIES, BackboneConfig, FastWeightConfig, check_memory
 from .fast_inputs import FastInputs, FastWeightInputs
 from .fast_weight import FastWeightBranch, fold_heads, merge_heads, resolve_ns_coeffs, split_heads
 from .lact_layer import LaCTLayer
@@ -19,6 +19,7 @@ __all__ = [
     "MEMORIES",
     "NOISY",
     "Attention",
+    "BackboneConfig",
     "FastInputs",
     "FastWeightBranch",
     "FastWeightConfig",

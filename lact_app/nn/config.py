@@ -1,4 +1,4 @@
-"""`FastWeightConfig`: every knob of a LaCT fast-weight layer, declared once for all tasks.
+"""`FastWeightConfig` and `BackboneConfig`: the knobs of the LaCT layer and of the trunk, declared once.
 
 Each task takes one as its argument ``fast_weight`` (``--model.init_args.fast_weight.chunk 512`` on
 the command line); its model passes it to :class:`~lact_app.nn.LaCTLayer`, which owns what
@@ -10,6 +10,7 @@ module) changes only the fields where its reference differs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 #: Initialisation schemes of the initial fast weights (LACT_SPEC.md §1.2).
@@ -84,6 +85,69 @@ class FastWeightConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain fields (what checkpoints store, so they load without this class's pickle)."""
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    """The transformer trunk around the mixers, declared once for all tasks.
+
+    Each task takes one as its argument ``backbone`` (``--model.init_args.backbone.dim 128``); the
+    defaults are the video model's, each task's preset (``LM_BACKBONE``, ``NVS_BACKBONE``,
+    ``VIDEO_BACKBONE`` in its model module) changes only what its reference does differently.
+
+    Args:
+        dim: model width d.
+        depth: number of blocks.
+        heads: attention heads per block (head dim d / heads, which is also the RoPE width).
+        mlp_ratio: MLP hidden width / d (rounded to an integer width); None: the task's reference
+            rule (LM: 256·⌈⌊8d/3⌋ / 256⌉).
+        rope_theta: RoPE base (LM: attention and fast q/k; video: the 3-D RoPE); null for NVS,
+            which has no positional encoding (its tokens carry their rays).
+    """
+
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: Optional[float] = 4.0
+    rope_theta: Optional[float] = 1e4
+
+    def __post_init__(self) -> None:
+        check = (
+            ("dim", self.dim >= 1, ">= 1"),
+            ("depth", self.depth >= 1, ">= 1"),
+            ("heads", self.heads >= 1 and self.dim % self.heads == 0, f"a divisor of dim={self.dim}"),
+            ("mlp_ratio", self.mlp_ratio is None or self.mlp_ratio > 0, "> 0 (or null)"),
+            ("rope_theta", self.rope_theta is None or self.rope_theta > 0, "> 0 (or null)"),
+        )
+        for name, ok, allowed in check:
+            if not ok:
+                raise ValueError(f"backbone.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def coerce(cls, value: Union["BackboneConfig", dict[str, Any]]) -> "BackboneConfig":
+        """A config from itself or from a dict of its fields (checkpoint hyperparameters)."""
+        return value if isinstance(value, cls) else cls(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    def mlp_hidden(self, reference: Optional[Callable[[int], int]] = None) -> int:
+        """The MLP hidden width: round(mlp_ratio · dim), or ``reference(dim)`` when mlp_ratio is None."""
+        if self.mlp_ratio is not None:
+            return round(self.mlp_ratio * self.dim)
+        if reference is None:
+            raise ValueError("backbone.mlp_ratio must be set for this model (it has no reference rule)")
+        return reference(self.dim)
+
+    def needs_rope(self, task: str) -> float:
+        """``rope_theta``, or a ValueError for a task whose model uses RoPE when it is null."""
+        if self.rope_theta is None:
+            raise ValueError(f"backbone.rope_theta must be > 0 for {task}, got None")
+        return self.rope_theta
 
 
 def check_memory(memory: str) -> str:

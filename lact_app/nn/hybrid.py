@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import attend
 from .cache import MixerCache
-from .config import MEMORIES, FastWeightConfig, check_memory
+from .config import BackboneConfig, FastWeightConfig, check_memory
 from .lact_layer import LaCTLayer
 from .masks import causal_window_blocks
 from .mlp import SwiGLUMLP
@@ -56,8 +56,7 @@ class HybridLaCTAttention(nn.Module):
     per-head RMSNorm of the output and a per-head silu gate.
 
     Args:
-        dim: model width d.
-        num_attn_heads: attention heads (head dim d / num_attn_heads, also the RoPE width).
+        backbone: width d, attention heads (head dim d / heads, also the RoPE width), RoPE base.
         window: attention window w in tokens (including the token itself; window >= chunk gives
             every token its whole chunk through attention).
         memory: ``"lact"`` (window attention + LaCT, the paper's layer), ``"full_attention"``
@@ -66,31 +65,21 @@ class HybridLaCTAttention(nn.Module):
         fast_weight: the LaCT branch's knobs (``chunk``, ``heads`` with D = d / heads a multiple
             of the attention head dim, …).
         fast_rope: RoPE on the fast q, k (the reference's default; False = its ``ttt_nope``).
-        rope_theta: RoPE base of attention and the fast q, k.
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_attn_heads: int,
-        *,
-        window: int,
-        memory: str,
-        fast_weight: FastWeightConfig,
-        fast_rope: bool = True,
-        rope_theta: float = 1e6,
+        self, backbone: BackboneConfig, *, window: int, memory: str, fast_weight: FastWeightConfig, fast_rope: bool
     ):
         super().__init__()
         check_memory(memory)
-        if dim % num_attn_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_attn_heads {num_attn_heads}")
+        dim, num_attn_heads = backbone.dim, backbone.heads
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if memory == "lact" and fast_weight.chunk is None:
             raise ValueError("fast_weight.chunk must be >= 1 for a causal LaCT layer, got None")
         self.num_attn_heads, self.memory = num_attn_heads, memory
         self.window = None if memory == "full_attention" else window
-        self.rope = RotaryEmbedding(dim // num_attn_heads, rope_theta)
+        self.rope = RotaryEmbedding(backbone.head_dim, backbone.needs_rope("the LM"))
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
         self.lact = None

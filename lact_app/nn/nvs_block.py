@@ -27,7 +27,7 @@ from torch import nn
 from ..ops import Op
 from .attention import Attention, attend
 from .cache import MixerCache
-from .config import FastWeightConfig, check_memory
+from .config import BackboneConfig, FastWeightConfig, check_memory
 from .lact_layer import LaCTLayer
 from .masks import merge_views, per_view
 from .mlp import GELUMLP
@@ -125,24 +125,18 @@ class NVSBlock(nn.Module):
     """Pre-LN block: x += attn(LN x) per view; x += mixer(LN x) across views; x += mlp(LN x).
 
     Args:
-        dim: model width.
-        attn_head_dim: head dim of the attention sub-layers (64 in the reference).
-        mlp_ratio: hidden width of the GELU MLP as a multiple of ``dim``.
+        backbone: width, attention heads (64-dim heads in the reference) and the GELU MLP's ratio.
         memory: cross-view mixer, ``"lact"``, ``"full_attention"`` or ``"none"``.
         fast_weight: the LaCT layer's knobs.
     """
 
-    def __init__(
-        self, dim: int, *, attn_head_dim: int = 64, mlp_ratio: float = 4.0, memory: str, fast_weight: FastWeightConfig
-    ):
+    def __init__(self, backbone: BackboneConfig, *, memory: str, fast_weight: FastWeightConfig):
         super().__init__()
-        if dim % attn_head_dim:
-            raise ValueError(f"dim {dim} is not divisible by attn_head_dim {attn_head_dim}")
-        heads = dim // attn_head_dim
+        dim, heads = backbone.dim, backbone.heads
         self.attn_norm, self.mixer_norm, self.mlp_norm = (build_norm("layer", dim) for _ in range(3))
         self.attn = Attention(dim, heads, qk_norm=True)
         self.mixer = build_mixer(memory, dim, heads, fast_weight)
-        self.mlp = GELUMLP(dim, int(mlp_ratio * dim), bias=False)
+        self.mlp = GELUMLP(dim, backbone.mlp_hidden(), bias=False)
 
     def forward(
         self, x: torch.Tensor, num_views: int, num_inputs: int, cache: Optional[MixerCache] = None

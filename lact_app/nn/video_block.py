@@ -27,7 +27,7 @@ from torch import nn
 from ..ops import FastWeights
 from .attention import attend
 from .cache import MixerCache
-from .config import FastWeightConfig, check_memory
+from .config import BackboneConfig, FastWeightConfig, check_memory
 from .lact_layer import LaCTLayer
 from .layout import CLEAN, Segment, interleaved_schedule, segment_bounds
 from .masks import segment_blocks, segment_keys
@@ -77,34 +77,24 @@ class ChunkMixer(nn.Module):
     per-token silu gate, zero-initialised, so the branch starts switched off.
 
     Args:
-        dim: model width.
-        num_heads: attention heads (3-D RoPE over the head dim, Wan's split).
+        backbone: width, attention heads (3-D RoPE over the head dim, Wan's split) and RoPE base.
         memory: ``"lact"``, ``"full_attention"`` or ``"none"`` (see the module docstring).
         fast_weight: the LaCT branch's knobs (``memory="lact"`` only; ``chunk`` must be None:
             the clean frame chunks are the update chunks).
         clean_context: trailing tokens of the preceding clean chunk a noisy chunk attends to (the
             reference's ``kv_cache_size``); None: the whole chunk.
-        rope_theta: RoPE base.
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        memory: str,
-        fast_weight: FastWeightConfig,
-        clean_context: int | None = None,
-        rope_theta: float = 1e4,
+        self, backbone: BackboneConfig, *, memory: str, fast_weight: FastWeightConfig, clean_context: int | None = None
     ):
         super().__init__()
         check_memory(memory)
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        dim, num_heads = backbone.dim, backbone.heads
         if fast_weight.chunk is not None:
             raise ValueError("fast_weight.chunk must be null for video: the clean frame chunks are the update chunks")
         self.num_heads, self.memory, self.clean_context = num_heads, memory, clean_context
-        self.rope = Rotary3DEmbedding(dim // num_heads, rope_theta)
+        self.rope = Rotary3DEmbedding(backbone.head_dim, backbone.needs_rope("video"))
         self.qkv = nn.Linear(dim, 3 * dim)
         self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
         self.lact = None
@@ -183,32 +173,21 @@ class VideoBlock(nn.Module):
     identity (DiT's adaLN-zero; Wan modulates the same way).
 
     Args:
-        dim: model width.
-        num_heads: attention heads.
-        mlp_ratio: MLP hidden width / dim (GELU-tanh MLP as in Wan/DiT).
+        backbone: width, attention heads, MLP ratio (GELU-tanh MLP as in Wan/DiT), RoPE base.
         memory: ``"lact"``, ``"full_attention"`` or ``"none"``.
         fast_weight: the LaCT branch's knobs.
         clean_context: keys of the preceding clean chunk a noisy chunk sees (None: all).
-        rope_theta: RoPE base.
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        mlp_ratio: float = 4.0,
-        memory: str,
-        fast_weight: FastWeightConfig,
-        clean_context: int | None = None,
-        rope_theta: float = 1e4,
+        self, backbone: BackboneConfig, *, memory: str, fast_weight: FastWeightConfig, clean_context: int | None = None
     ):
         super().__init__()
+        dim = backbone.dim
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mixer = ChunkMixer(dim, num_heads, memory=memory, fast_weight=fast_weight, clean_context=clean_context,
-                                rope_theta=rope_theta)  # fmt: skip
+        self.mixer = ChunkMixer(backbone, memory=memory, fast_weight=fast_weight, clean_context=clean_context)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = GELUMLP(dim, int(dim * mlp_ratio), approximate="tanh")
+        self.mlp = GELUMLP(dim, backbone.mlp_hidden(), approximate="tanh")
         self.modulation = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)

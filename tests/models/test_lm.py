@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lact_app.models.lm import LaCTLM, default_mlp_hidden, sample_next
-from lact_app.nn import FastWeightConfig, attend, causal_window_mask
+from lact_app.nn import BackboneConfig, FastWeightConfig, attend, causal_window_mask
 from lact_app.nn.hybrid import window_attention
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,8 +25,9 @@ def _model(memory: str = "lact", w_init: str = "low_rank") -> LaCTLM:
     torch.manual_seed(0)
     fast_weight = FastWeightConfig(chunk=CHUNK, heads=2, inter_multi=1.0, use_momentum=True, use_muon=True,
                                    w_init=w_init, low_rank=4)  # fmt: skip
-    return LaCTLM(VOCAB, dim=32, num_layers=2, num_attn_heads=4, window=WINDOW, memory=memory,
-                  fast_weight=fast_weight, initializer_range=0.2).eval()  # fmt: skip
+    backbone = BackboneConfig(dim=32, depth=2, heads=4, mlp_ratio=None, rope_theta=1e6)
+    return LaCTLM(VOCAB, backbone=backbone, window=WINDOW, memory=memory, fast_weight=fast_weight,
+                  initializer_range=0.2).eval()  # fmt: skip
 
 
 def _tokens(B: int, T: int, seed: int = 1) -> torch.Tensor:

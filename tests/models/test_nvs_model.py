@@ -7,7 +7,7 @@ import torch
 
 from lact_app.models.cameras import look_at
 from lact_app.models.nvs import NVSModel, patchify, unpatchify
-from lact_app.nn import MEMORIES
+from lact_app.nn import MEMORIES, BackboneConfig
 from lact_app.nn.nvs_block import CrossViewLaCT
 
 
@@ -27,7 +27,7 @@ def scene():
 
 def tiny(memory="lact"):
     torch.manual_seed(0)
-    return NVSModel(patch_size=8, dim=64, depth=2, attn_head_dim=32, memory=memory).eval()
+    return NVSModel(patch_size=8, backbone=BackboneConfig(dim=64, depth=2, heads=2, rope_theta=None), memory=memory).eval()
 
 
 def test_patchify_round_trip_and_feature_order():
@@ -47,7 +47,7 @@ def test_output_shape_and_range(scene, memory):
 
 
 def test_initialisation_follows_the_reference():
-    model = NVSModel(patch_size=8, dim=64, depth=3, attn_head_dim=32)
+    model = NVSModel(patch_size=8, backbone=BackboneConfig(dim=64, depth=3, heads=2, rope_theta=None))
     block = model.blocks[0]
     assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
     for proj in block.output_projections():

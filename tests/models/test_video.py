@@ -22,10 +22,11 @@ from lact_app.nn import (
     interleaved_schedule,
     segment_bounds,
 )
-from lact_app.nn import FastWeightConfig
+from lact_app.nn import BackboneConfig, FastWeightConfig
 from lact_app.nn.video_block import ChunkMixer, full_causal_keys
 
 FW = FastWeightConfig()
+BB1 = BackboneConfig(dim=32, depth=1, heads=2)
 from lact_app.ops import Op
 
 N, C = "noisy", "clean"
@@ -42,7 +43,7 @@ def dense(ranges, bounds, length):
 
 def tiny_model(memory="lact", clean_context=None, **kw):
     torch.manual_seed(0)
-    model = VideoDiffusionModel(dim=32, depth=2, num_heads=2, patch_size=2, chunk_frames=2, memory=memory,
+    model = VideoDiffusionModel(backbone=BackboneConfig(dim=32, depth=2, heads=2), patch_size=2, chunk_frames=2, memory=memory,
                                 clean_context=clean_context, **kw)
     with torch.no_grad():  # wake the zero-initialised gates, modulations and output layer up
         for p in model.parameters():
@@ -64,8 +65,8 @@ def test_layout_and_op_list_three_chunks():
 def test_attention_key_sets_by_hand():
     segments = interleaved_layout(3, 1)  # tokens: N0 C0 N1 C1 N2
     bounds = segment_bounds(segments)
-    lact = ChunkMixer(12, 2, memory="lact", fast_weight=FW).key_ranges(segments)
-    full = ChunkMixer(12, 2, memory="full_attention", fast_weight=FW).key_ranges(segments)
+    lact = ChunkMixer(BackboneConfig(dim=12, heads=2), memory="lact", fast_weight=FW).key_ranges(segments)
+    full = ChunkMixer(BackboneConfig(dim=12, heads=2), memory="full_attention", fast_weight=FW).key_ranges(segments)
     assert full == full_causal_keys(segments)
     #                              N0 C0 N1 C1 N2
     expected_local = torch.tensor([[1, 0, 0, 0, 0],
@@ -84,12 +85,12 @@ def test_attention_key_sets_by_hand():
 
 def test_clean_context_window():
     segments = interleaved_layout(2, 3)  # N0 (0-2) | C0 (3-5) N1 (6-8)
-    ranges = ChunkMixer(12, 2, memory="lact", fast_weight=FW, clean_context=2).key_ranges(segments)
+    ranges = ChunkMixer(BackboneConfig(dim=12, heads=2), memory="lact", fast_weight=FW, clean_context=2).key_ranges(segments)
     assert ranges[2] == [(4, 6), (6, 9)]  # the last 2 tokens of C0, then itself
 
 
 def test_rope_positions_true_frame_indices_shared_by_twins():
-    model = VideoDiffusionModel(dim=32, depth=1, num_heads=2, patch_size=2, chunk_frames=2)
+    model = VideoDiffusionModel(backbone=BB1, patch_size=2, chunk_frames=2)
     pos = model.interleaved_positions(3, 2, 4, device=None)  # 1×2 tokens per frame, 4 per chunk
     per_segment = pos.view(5, 4, 3)
     times = per_segment[..., 0].tolist()
@@ -157,7 +158,7 @@ def test_memory_reaches_back_beyond_the_previous_chunk():
 
 
 def test_training_loss_backward_reaches_fast_weights():
-    model = VideoDiffusionModel(dim=32, depth=1, num_heads=2, patch_size=2, chunk_frames=2)
+    model = VideoDiffusionModel(backbone=BB1, patch_size=2, chunk_frames=2)
     loss = model.training_loss(torch.rand(2, 4, 3, 4, 4), generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and loss > 0.5  # zero-initialised output: v̂ = 0, loss ≈ E|ε − x0|²
@@ -197,8 +198,8 @@ def test_embedding_conditioning_null_and_drop():
 
 
 def test_bad_shapes_and_options_fail_clearly():
-    model = VideoDiffusionModel(dim=32, depth=1, num_heads=2, patch_size=2, chunk_frames=2)
+    model = VideoDiffusionModel(backbone=BB1, patch_size=2, chunk_frames=2)
     with pytest.raises(ValueError, match="chunk_frames"):
         model.training_loss(torch.rand(1, 3, 3, 4, 4))
     with pytest.raises(ValueError, match="memory"):
-        VideoDiffusionModel(dim=32, depth=1, num_heads=2, memory="rnn")
+        VideoDiffusionModel(backbone=BB1, memory="rnn")

@@ -8,6 +8,7 @@ on fixed inputs, recorded with that code.
 import pytest
 import torch
 
+from lact_app.nn import BackboneConfig
 from tasks.convert import main as convert_main
 from tasks.lm import LMTask
 from tasks.nvs import NVSTask
@@ -32,6 +33,7 @@ def test_lm_checkpoint_computes_the_same_logits(tmp_path, outputs):
     task = LMTask.load_from_checkpoint(convert("lm", tmp_path))
     hp = task.hparams
     assert hp.memory == "lact" and "num_lact_heads" not in hp and "branch" not in hp
+    assert hp.backbone == {"dim": 32, "depth": 1, "heads": 2, "mlp_ratio": None, "rope_theta": 1e6}
     assert hp.fast_weight == {"chunk": 8, "heads": 2, "inter_multi": 1.0, "base_lr": 1e-3, "use_momentum": True,
                               "use_muon": True, "ns_coeffs": "lm", "ns_steps": 5, "w_init": "low_rank",
                               "low_rank": 4, "init_gain": 0.5, "weight_norm": True}  # fmt: skip
@@ -41,6 +43,7 @@ def test_lm_checkpoint_computes_the_same_logits(tmp_path, outputs):
 def test_nvs_checkpoint_renders_the_same_images(tmp_path, outputs):
     task = NVSTask.load_from_checkpoint(convert("nvs", tmp_path))
     assert task.hparams.memory == "lact" and task.hparams.fast_weight["ns_coeffs"] == "classic"
+    assert task.hparams.backbone == {"dim": 32, "depth": 1, "heads": 2, "mlp_ratio": 4.0, "rope_theta": None}
     images, K, c2w = outputs["nvs_inputs"]
     assert torch.equal(task.model(images, K[:, :2], c2w[:, :2], K[:, 2:], c2w[:, 2:]), outputs["nvs_images"])
 
@@ -48,7 +51,7 @@ def test_nvs_checkpoint_renders_the_same_images(tmp_path, outputs):
 def test_video_checkpoint_generates_the_same_frames_and_keeps_its_ema(tmp_path, outputs):
     path = convert("video", tmp_path)
     task = VideoTask.load_from_checkpoint(path)
-    assert task.hparams.fast_weight["heads"] == 2
+    assert task.hparams.fast_weight["heads"] == 2 and task.hparams.backbone["heads"] == 2
     frames = task.generate(6, context=outputs["video_context"], num_steps=2, seed=3, use_ema=False)
     assert torch.equal(frames, outputs["video_frames"])
     # the EMA moved out of the callback state, under the new parameter names, and generate uses it
@@ -61,7 +64,7 @@ def test_video_checkpoint_generates_the_same_frames_and_keeps_its_ema(tmp_path, 
 
 
 def test_a_current_checkpoint_is_refused(tmp_path, capsys):
-    task = VideoTask(dim=16, depth=1, num_heads=2, patch_size=4, chunk_frames=2)
+    task = VideoTask(backbone=BackboneConfig(dim=16, depth=1, heads=2), patch_size=4, chunk_frames=2)
     path = tmp_path / "new.ckpt"
     torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
     with pytest.raises(SystemExit) as exit_info:

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from datamodules.prepare import main as prepare_main
 from lact_app.cli import cli_main
-from lact_app.nn import FastWeightConfig
+from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.lm import LMTask, TokenLoss, curve_image
 from tests.conftest import REPO_ROOT
 from tests.models.test_lm import one_thread  # noqa: F401 (an autouse fixture)
@@ -27,7 +27,7 @@ needs_shared = pytest.mark.skipif(not SHARED_LM.is_dir(), reason="../shared/data
 
 TINY = """\
 model:
-  init_args: {{dim: 32, num_layers: 2, num_attn_heads: 2, window: 16, warmup_steps: 2, position_buckets: 4,
+  init_args: {{backbone: {{dim: 32, depth: 2, heads: 2}}, window: 16, warmup_steps: 2, position_buckets: 4,
               fast_weight: {{chunk: 16, heads: 2, low_rank: 8}}}}
 data:
   init_args: {{seq_len: 48, batch_size: 2, samples_per_epoch: 4, shuffle_buffer: 4, max_eval_windows: 2,
@@ -108,7 +108,7 @@ def test_learns_tinyshakespeare_then_test_and_predict(tiny_yaml, shakespeare, tm
     """Val bits per byte from ≈8 (uniform over 258 tokens) to below 3.0 in a few CPU minutes."""
     data = {"train_shards": shakespeare, "val_shards": shakespeare, "test_shards": f"{shakespeare}/val-000000.tar",
             "seq_len": 128, "batch_size": 16, "samples_per_epoch": 16 * 300, "max_eval_windows": 32}
-    model = {"dim": 64, "window": 32, "fast_weight.chunk": 32, "fast_weight.low_rank": 16, "lr": 5e-3,
+    model = {"backbone.dim": 64, "window": 32, "fast_weight.chunk": 32, "fast_weight.low_rank": 16, "lr": 5e-3,
              "warmup_steps": 20, "min_lr_ratio": 0.1, "position_buckets": 8}
     data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
     model = [f"--model.init_args.{k}={v}" for k, v in model.items()]
@@ -187,7 +187,7 @@ def test_token_loss_metric_and_curve():
 
 def test_generate_delegates_to_the_model():
     torch.manual_seed(0)
-    task = LMTask(dim=32, num_layers=1, num_attn_heads=2, window=8,
+    task = LMTask(backbone=BackboneConfig(dim=32, depth=1, heads=2, mlp_ratio=None, rope_theta=1e6), window=8,
                   fast_weight=FastWeightConfig(chunk=8, heads=2, use_momentum=True, w_init="low_rank", low_rank=4))
     prompt = torch.randint(0, 258, (1, 5))
     out = task.generate(prompt, 12)

@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT
 from tests.test_cli import config_args, run_main
 
 NVS_YAML = str(REPO_ROOT / "configs" / "nvs.yaml")
-TINY_MODEL = ["--model.init_args.dim=64", "--model.init_args.depth=2", "--model.init_args.attn_head_dim=32",
+TINY_MODEL = ["--model.init_args.backbone.dim=64", "--model.init_args.backbone.depth=2", "--model.init_args.backbone.heads=2",
               "--model.init_args.render_chunk_views=4", "--model.init_args.image_log_every_n_steps=25"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
          "--trainer.log_every_n_steps=5"]
@@ -152,7 +152,7 @@ def test_lpips_loss_switches_on_after_its_start_step(tmp_path, toy_cache, monkey
 
 def test_forward_signature_and_shapes():
     torch.manual_seed(0)
-    task = NVSTask(dim=32, depth=1, attn_head_dim=16)
+    task = NVSTask(backbone=BackboneConfig(dim=32, depth=1, heads=2, rope_theta=None))
     images, k, c2w = torch.rand(1, 2, 3, 16, 16), torch.tensor([20.0, 20.0, 8, 8]).expand(1, 3, 4), torch.eye(4)
     c2w = c2w.clone().expand(1, 3, 4, 4).clone()
     c2w[..., 2, 3] = torch.tensor([-2.0, -2.5, -3.0])

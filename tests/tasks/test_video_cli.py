@@ -25,7 +25,7 @@ def write_config(path: Path, cache: Path, root: Path, max_steps: int, data_extra
     path.write_text(f"""\
 model:
   class_path: tasks.video.VideoTask
-  init_args: {{dim: 64, depth: 2, num_heads: 2, patch_size: 4, chunk_frames: 2, shift: 1.0,
+  init_args: {{backbone: {{dim: 64, depth: 2, heads: 2}}, patch_size: 4, chunk_frames: 2, shift: 1.0,
                sampling_steps: 3, sample_every_n_steps: 40, lr: 0.003, warmup_steps: 10, weight_decay: 0.0}}
 data:
   class_path: datamodules.video.VideoDataModule
