@@ -72,17 +72,10 @@ class NVSTask(LaCTTask):
     def fsdp_forward_methods(self) -> tuple[str, ...]:
         return ("reconstruct", "render")
 
-    def forward(
-        self,
-        input_images: torch.Tensor,
-        input_intrinsics: torch.Tensor,
-        input_c2w: torch.Tensor,
-        target_intrinsics: torch.Tensor,
-        target_c2w: torch.Tensor,
-    ) -> torch.Tensor:
-        """Renders target views: images [B, V, 3, H, W] in [0, 1], intrinsics [B, V, 4] = (fx, fy, cx, cy)
-        in pixels, c2w [B, V, 4, 4] OpenCV.  -> target images [B, V_t, 3, H, W]."""
-        return self.model(input_images, input_intrinsics, input_c2w, target_intrinsics, target_c2w)
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        """The model's joint render, :meth:`NVSModel.forward <lact_app.models.nvs.NVSModel.forward>`
+        (input images, intrinsics and c2w, target intrinsics and c2w -> target images)."""
+        return self.model(*inputs, **named)
 
     def render(self, batch: dict, intrinsics: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
         """Reconstructs the batch's input views once, then renders cameras [B, V, ·] in chunks."""

@@ -13,6 +13,7 @@ import torch
 from datamodules.nvs import NVSDataModule
 from lact_app.cli import cli_main
 from lact_app.metrics import psnr
+from lact_app.nn import BackboneConfig
 from tasks.nvs import NVSTask
 from tests.conftest import REPO_ROOT
 from tests.test_cli import config_args, run_main
