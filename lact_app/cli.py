@@ -3,8 +3,9 @@
 ``cli_main(args, run=False)`` returns the CLI with ``.model``, ``.datamodule`` and ``.trainer``
 built but not run (tests and external tools use it).
 
-Models subclass ``tasks.base.LaCTTask`` and datamodules ``datamodules.base.ShardDataModule``
-(``class_path`` / ``init_args`` in YAML; ``--config`` stacks, right-most wins).
+The model is any ``LightningModule`` and the data any ``LightningDataModule`` named by class path
+(``class_path`` / ``init_args`` in YAML; ``--config`` stacks, right-most wins): ``lact_app``
+imports neither ``tasks`` nor ``datamodules`` (DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from datamodules.base import ShardDataModule
 from lact_app.callbacks import TestMetricsJSON
-from tasks.base import LaCTTask
 
 TRAINER_DEFAULTS = {
     "accelerator": "cpu",
@@ -96,8 +96,8 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     return LaCTCLI(
-        LaCTTask,
-        ShardDataModule,
+        LightningModule,
+        LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchmetrics import Metric
 
-from datamodules.text import IGNORE_INDEX
+from lact_app.constants import IGNORE_INDEX
 from lact_app.models.lm import LaCTLM
 from lact_app.nn import FastWeightBranch
 from tasks.base import LaCTTask

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from datamodules.video_io import encode_mp4
 from lact_app.callbacks.ema import ema_weights
-from lact_app.callbacks.media import encode_gif
+from lact_app.media import encode_gif, encode_mp4
 from lact_app.models.codec import FrameCodec
 from lact_app.models.video import VideoDiffusionModel
 from tasks.base import LaCTTask

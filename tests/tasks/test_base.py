@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lact_app.callbacks.media import encode_gif, gif_summary
+from lact_app.callbacks.media import gif_summary
+from lact_app.media import encode_gif
 from lact_app.nn import FastWeightBranch
 from tasks.base import LaCTTask, WarmupCosine
 from tests.toy import ToyTask
