@@ -54,20 +54,19 @@ class LaCTCLI(LightningCLI):
         self.link_task_arguments(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        # Kept for _parse_ckpt_path; a dict or Namespace carries no command-line options.
+        # Kept for before_instantiate_classes; a dict or Namespace carries no command-line options.
         self.command_line = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         super().parse_arguments(parser, args)
 
-    def _parse_ckpt_path(self) -> None:
+    def before_instantiate_classes(self) -> None:
         """With ``--ckpt_path`` Lightning rebuilds the model from the checkpoint's hyperparameters,
-        which replace the config's model section. Model arguments given explicitly on the command
-        line still win, so evaluation settings (an FVD detector, LPIPS weights, render chunk size,
-        sampling steps) can change at test time instead of being silently ignored."""
-        super()._parse_ckpt_path()
+        which replace the config's model section (after parsing, before this hook). Model arguments
+        given explicitly on the command line still win, so evaluation settings (an FVD detector,
+        LPIPS weights, render chunk size, sampling steps) can change at test time instead of being
+        silently ignored."""
         overrides = model_arguments(self.command_line)
-        subcommand = self.config.get("subcommand")
-        if subcommand and overrides and self.config[subcommand].get("ckpt_path"):
-            self.config = self.parser.parse_args([subcommand, *overrides], namespace=self.config.clone())
+        if self.subcommand and overrides and self.config[self.subcommand].get("ckpt_path"):
+            self.config = self.parser.parse_args([self.subcommand, *overrides], namespace=self.config.clone())
 
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
         """Links datamodule values to model arguments (``DATA_TO_MODEL_LINKS``)."""
