@@ -68,6 +68,15 @@ class LaCTCLI(LightningCLI):
         if self.subcommand and overrides and self.config[self.subcommand].get("ckpt_path"):
             self.config = self.parser.parse_args([self.subcommand, *overrides], namespace=self.config.clone())
 
+    def instantiate_classes(self) -> None:
+        """Builds the model, datamodule and trainer; a constructor's ``ValueError`` (a bad config
+        value) exits like any other parser error, with its message and no traceback (set
+        ``JSONARGPARSE_DEBUG=1`` to get the traceback)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            self.parser.error(f"invalid configuration: {root_cause(err)}", ex=err)
+
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
         """Links datamodule values to model arguments (``DATA_TO_MODEL_LINKS``)."""
         for source, target, compute_fn in DATA_TO_MODEL_LINKS:
@@ -85,6 +94,14 @@ def model_arguments(args: list[str]) -> list[str]:
             picked.append(arg)
             take_next = "=" not in arg
     return picked
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost explicitly chained cause of ``err``: jsonargparse wraps a constructor's error
+    in a long "Does not validate against any of the Union subtypes" report that repeats the config."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:
