@@ -1,11 +1,15 @@
 """LaCTTask: parameter groups, the warmup + cosine schedule, skipping a bad step, media helpers."""
 
+import io
 import math
 
 import pytest
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
-from lact_app.callbacks.media import gif_summary
+from lact_app.callbacks.media import add_gif, gif_summary
 from lact_app.media import encode_gif
 from lact_app.nn import FastWeightBranch
 from tasks.base import LaCTTask, WarmupCosine
@@ -101,6 +105,19 @@ def test_gif_summary_is_an_animated_gif():
     assert data[:6] in (b"GIF87a", b"GIF89a") and (height, width) == (8, 12)
     image = gif_summary("val/video", video[0]).value[0].image
     assert image.encoded_image_string[:3] == b"GIF" and image.width == 6
+
+
+def test_add_gif_writes_an_animated_gif_to_the_event_file(tmp_path, caplog):
+    writer = SummaryWriter(str(tmp_path))
+    add_gif(writer, "val/video", torch.rand(2, 5, 3, 8, 6), step=7)
+    writer.close()
+    add_gif(writer, "val/late", torch.rand(5, 3, 8, 6), step=8)  # closed: skipped, with a warning
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert events.Tags()["images"] == ["val/video"]
+    (image,) = events.Images("val/video")
+    assert image.step == 7 and (image.height, image.width) == (8, 12)
+    assert Image.open(io.BytesIO(image.encoded_image_string)).n_frames == 5  # animated
+    assert "'val/late' at step 8 not logged" in caplog.text
 
 
 def test_activation_checkpointing_keeps_gradients():
