@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from lact_app.callbacks.media import add_gif
+from lact_app.checkpointing import checkpoint_activations
 from lact_app.nn import FastWeightBranch
 
 class WarmupCosine:
@@ -189,8 +190,7 @@ class LaCTTask(pl.LightningModule):
         self._model_configured = True
         for block in self.blocks():
             if self.hparams.activation_checkpointing:
-                from torch.distributed._composable import checkpoint
-                checkpoint(block)
+                checkpoint_activations(block)
             if self.hparams.compile:
                 block.compile()
         if self.device_mesh is not None:

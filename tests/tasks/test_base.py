@@ -131,3 +131,13 @@ def test_activation_checkpointing_keeps_gradients():
         task.model(x).square().sum().backward()
     for a, b in zip(plain.parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_activation_checkpointing_recomputes_each_block_in_backward():
+    task = ToyTask(activation_checkpointing=True)
+    task.configure_model()
+    calls = []
+    task.model[0][0].register_forward_hook(lambda *args: calls.append(1))
+    task.model(torch.randn(5, 4)).sum().backward()
+    assert len(calls) == 2  # the forward, then the recomputation in backward
+    assert type(task.model[0]) is torch.nn.Sequential  # checkpointed in place: names unchanged
