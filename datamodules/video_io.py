@@ -49,13 +49,6 @@ def iter_frames_pyav(source, rotate: bool = True) -> Iterator[np.ndarray]:
             yield rotate_frame(rgb, frame.rotation) if rotate else rgb
 
 
-def stream_fps(source) -> float:
-    """Average frame rate of the first video stream (PyAV), 0.0 when unknown."""
-    with av.open(source) as container:
-        rate = container.streams.video[0].average_rate
-    return float(rate) if rate else 0.0
-
-
 class VideoBytes:
     """Random access to the frames of an encoded video held in memory.
 
