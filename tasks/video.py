@@ -158,16 +158,16 @@ class VideoTask(LaCTTask):
             self.fvd.update(video, generated)
 
     def on_test_epoch_start(self) -> None:
-        self.continuation = ContinuationCurve()
+        # Sized here, so that a rank without a test batch still holds a curve to reduce.
+        self.continuation.set_frames(self.trainer.datamodule.num_frames - self.context_frames())
+        self.fvd.reset()
 
     def on_test_epoch_end(self) -> None:
-        reduce = lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
-        frames = self.trainer.datamodule.num_frames - self.context_frames()
-        result = self.continuation.compute(reduce, frames)
+        result = self.continuation.compute()  # computed from the states summed over ranks
         self.log("test/continuation_psnr", result["psnr"], sync_dist=False)
         self.log("test/continuation_ssim", result["ssim"], sync_dist=False)
         if self.fvd.available:
-            result["fvd"] = self.fvd.compute(reduce)
+            result["fvd"] = self.fvd.compute()
             self.log("test/fvd", result["fvd"])
         folder = self.trainer.log_dir or self.trainer.default_root_dir  # collective: every rank calls it
         if self.trainer.is_global_zero:
