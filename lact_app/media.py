@@ -44,7 +44,7 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 18, preset: 
         stream = None
         for frame in frames:
             if stream is None:
-                stream = _video_stream(container, frame.shape[1], frame.shape[0], fps, crf, preset)
+                stream = _video_stream(container, frame.shape[1], frame.shape[0], fps=fps, crf=crf, preset=preset)
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         if stream is None:
@@ -54,7 +54,7 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 18, preset: 
     return buf.getvalue()
 
 
-def _video_stream(container, width: int, height: int, fps: float, crf: int, preset: str):
+def _video_stream(container, width: int, height: int, *, fps: float, crf: int, preset: str):
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even frame sides, got {width}×{height}")
     stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
