@@ -79,7 +79,6 @@ class ShardDataModule(pl.LightningDataModule):
         self.seed, self.cache_dir, self.allow_pipe = seed, cache_dir, allow_pipe
         self.skip_counter = shards.SkipCounter()
         self.urls: dict[str, list[str]] = {}
-        self._resume_step = 0
 
     # -- hooks for subclasses -----------------------------------------------------------------
 
@@ -118,10 +117,6 @@ class ShardDataModule(pl.LightningDataModule):
     def skipped_samples(self) -> int:
         """Bad samples skipped so far by this process and its workers."""
         return self.skip_counter.value
-
-    def set_resume_step(self, step: int) -> None:
-        """Reseeds the training stream as of ``step`` (taken from ``trainer.global_step`` too)."""
-        self._resume_step = step
 
     def rank_and_world(self) -> tuple[int, int]:
         """(data-parallel rank, data-parallel world size), passed explicitly to the splitters."""
@@ -163,13 +158,15 @@ class ShardDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         rank, _ = self.rank_and_world()
+        # On resume Lightning restores the global step before it builds this loader: the stream is
+        # reseeded with it, so a resumed run does not replay the samples it started with.
         step = self.trainer.global_step if self.trainer is not None else 0
         return shards.train_loader(
             self.urls["train"], decode=self.decoder("train"), collate=self.collate,
             batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch(),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
             num_workers=self.num_workers, counter=self.skip_counter,
-            resume_step=max(self._resume_step, step),
+            resume_step=step,
         )
 
     def _eval_dataloader(self, split: str):

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from datamodules.video_io import encode_mp4
+from lact_app.media import encode_mp4
 
 SHAPES = ("disc", "square", "diamond")
 FPS = 8

@@ -36,8 +36,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import ShardDataModule
 from datamodules.prepare.text import write_text_shards
 from datamodules.tokenizers import build_tokenizer
-
-IGNORE_INDEX = -100
+from lact_app.constants import IGNORE_INDEX
 
 #: Percent of the standard library's files in the embedded validation and test splits.
 STDLIB_VAL_PERCENT = STDLIB_TEST_PERCENT = 2

@@ -1,17 +1,15 @@
-"""Video decoding and encoding from bytes (DESIGN.md §5).
+"""Video decoding from bytes (DESIGN.md §5); encoding is ``lact_app.media.encode_mp4``.
 
 Decoding uses decord (``decord.VideoReader(io.BytesIO(data))``, created inside the worker that reads
 the sample) and falls back to PyAV where decord is not installed (it has no wheels for aarch64).
 decord applies a stream's rotation metadata; PyAV reports the stream unrotated, so the PyAV path
-rotates frames itself, and both return what a player shows. Encoding writes H.264 yuv420p mp4 with
-PyAV (decord's random access returns garbage frames on yuv444 H.264, so never write that).
+rotates frames itself, and both return what a player shows.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator, Sequence
-from fractions import Fraction
+from collections.abc import Iterator, Sequence
 
 import av
 import numpy as np
@@ -51,13 +49,6 @@ def iter_frames_pyav(source, rotate: bool = True) -> Iterator[np.ndarray]:
             yield rotate_frame(rgb, frame.rotation) if rotate else rgb
 
 
-def stream_fps(source) -> float:
-    """Average frame rate of the first video stream (PyAV), 0.0 when unknown."""
-    with av.open(source) as container:
-        rate = container.streams.video[0].average_rate
-    return float(rate) if rate else 0.0
-
-
 class VideoBytes:
     """Random access to the frames of an encoded video held in memory.
 
@@ -91,32 +82,6 @@ class VideoBytes:
             except decord.DECORDError:  # decord 0.6 fails on some small frame sizes (e.g. 16×16, 48×48)
                 self._decode_all()
         return np.stack([self._frames[i] for i in indices])
-
-
-def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 18, preset: str = "medium") -> bytes:
-    """Encodes uint8 [H, W, 3] frames (even H and W) as H.264 yuv420p mp4.  -> the file's bytes."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = None
-        for frame in frames:
-            if stream is None:
-                stream = _video_stream(container, frame.shape[1], frame.shape[0], fps=fps, crf=crf, preset=preset)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        if stream is None:
-            raise ValueError("no frames to encode")
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-def _video_stream(container, width: int, height: int, *, fps: float, crf: int, preset: str):
-    if width % 2 or height % 2:
-        raise ValueError(f"yuv420p needs even frame sides, got {width}×{height}")
-    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    stream.options = {"crf": str(crf), "preset": preset}
-    return stream
 
 
 def probe(data: bytes) -> dict:

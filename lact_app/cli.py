@@ -3,8 +3,9 @@
 ``cli_main(args, run=False)`` returns the CLI with ``.model``, ``.datamodule`` and ``.trainer``
 built but not run (tests and external tools use it).
 
-Models subclass ``tasks.base.LaCTTask`` and datamodules ``datamodules.base.ShardDataModule``
-(``class_path`` / ``init_args`` in YAML; ``--config`` stacks, right-most wins).
+The model is any ``LightningModule`` and the data any ``LightningDataModule`` named by class path
+(``class_path`` / ``init_args`` in YAML; ``--config`` stacks, right-most wins): ``lact_app``
+imports neither ``tasks`` nor ``datamodules`` (DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from datamodules.base import ShardDataModule
 from lact_app.callbacks import TestMetricsJSON
-from tasks.base import LaCTTask
 
 TRAINER_DEFAULTS = {
     "accelerator": "cpu",
@@ -36,10 +36,10 @@ CHECKPOINT_DEFAULTS = {
 }
 
 # Values computed by the datamodule and fed to the model when classes are instantiated, as
-# (source, target, compute_fn). The LM task adds
-#   ("data", "model.init_args.vocab_size", lambda data: getattr(data, "vocab_size", None))
-# The source "data" is the instantiated datamodule. A target the chosen model class does not
-# have is ignored by jsonargparse (tests/test_cli.py pins this), so one list serves every task.
+# (source, target, compute_fn); the source "data" is the instantiated datamodule. A target the
+# chosen model class does not have is ignored by jsonargparse (tests/test_cli.py pins this), so one
+# list serves every task. Empty today: the LM's vocab_size stays explicit (padded vocabularies such
+# as 50304 > 50257 are common) and LMTask.setup checks it against the tokenizer's.
 DATA_TO_MODEL_LINKS: list[tuple[str, str, Optional[Callable[[Any], Any]]]] = []
 
 
@@ -54,20 +54,28 @@ class LaCTCLI(LightningCLI):
         self.link_task_arguments(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        # Kept for _parse_ckpt_path; a dict or Namespace carries no command-line options.
+        # Kept for before_instantiate_classes; a dict or Namespace carries no command-line options.
         self.command_line = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         super().parse_arguments(parser, args)
 
-    def _parse_ckpt_path(self) -> None:
+    def before_instantiate_classes(self) -> None:
         """With ``--ckpt_path`` Lightning rebuilds the model from the checkpoint's hyperparameters,
-        which replace the config's model section. Model arguments given explicitly on the command
-        line still win, so evaluation settings (an FVD detector, LPIPS weights, render chunk size,
-        sampling steps) can change at test time instead of being silently ignored."""
-        super()._parse_ckpt_path()
+        which replace the config's model section (after parsing, before this hook). Model arguments
+        given explicitly on the command line still win, so evaluation settings (an FVD detector,
+        LPIPS weights, render chunk size, sampling steps) can change at test time instead of being
+        silently ignored."""
         overrides = model_arguments(self.command_line)
-        subcommand = self.config.get("subcommand")
-        if subcommand and overrides and self.config[subcommand].get("ckpt_path"):
-            self.config = self.parser.parse_args([subcommand, *overrides], namespace=self.config.clone())
+        if self.subcommand and overrides and self.config[self.subcommand].get("ckpt_path"):
+            self.config = self.parser.parse_args([self.subcommand, *overrides], namespace=self.config.clone())
+
+    def instantiate_classes(self) -> None:
+        """Builds the model, datamodule and trainer; a constructor's ``ValueError`` (a bad config
+        value) exits like any other parser error, with its message and no traceback (set
+        ``JSONARGPARSE_DEBUG=1`` to get the traceback)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            self.parser.error(f"invalid configuration: {root_cause(err)}", ex=err)
 
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
         """Links datamodule values to model arguments (``DATA_TO_MODEL_LINKS``)."""
@@ -88,6 +96,14 @@ def model_arguments(args: list[str]) -> list[str]:
     return picked
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost explicitly chained cause of ``err``: jsonargparse wraps a constructor's error
+    in a long "Does not validate against any of the Union subtypes" report that repeats the config."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:
     """Builds (and with ``run=True`` runs) the CLI; ``args`` default to ``sys.argv[1:]``.
 
@@ -96,8 +112,8 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     return LaCTCLI(
-        LaCTTask,
-        ShardDataModule,
+        LightningModule,
+        LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,

@@ -38,6 +38,7 @@ from torch import nn
 
 from lact_app.callbacks.ema import EMA_CHECKPOINT_KEY, EMA_PREFIX, find_ema, swapped_weights
 from lact_app.callbacks.media import add_gif
+from lact_app.checkpointing import checkpoint_activations
 from lact_app.nn import BackboneConfig, FastWeightConfig, LaCTLayer
 
 #: Config dataclasses of task arguments, stored in the hyperparameters as dicts of all their fields.
@@ -224,8 +225,7 @@ class LaCTTask(pl.LightningModule):
         self._model_configured = True
         for block in self.blocks():
             if self.hparams.activation_checkpointing:
-                from torch.distributed._composable import checkpoint
-                checkpoint(block)
+                checkpoint_activations(block)
             if self.hparams.compile:
                 block.compile()
         if self.device_mesh is not None:

@@ -4,7 +4,7 @@ Metrics come from summed token NLL, token and byte counts (all-reduced, so DDP/F
 ``loss`` (nats per token), ``ppl = exp(loss)``, ``bpb = NLL / (ln 2 · bytes)``, exact for every
 tokenizer since each label's UTF-8 byte count is known. ``test`` also reports the loss by token
 position (the paper's main LM plot) as ``loss_by_position.json`` in the log folder and as a
-TensorBoard image. ``predict`` continues prompts (see ``TextDataModule``) and writes them to
+TensorBoard figure (matplotlib). ``predict`` continues prompts (see ``TextDataModule``) and writes them to
 ``<log_dir>/predictions/``.
 """
 
@@ -17,11 +17,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import nn
 from torchmetrics import Metric
 
-from datamodules.text import IGNORE_INDEX
+from lact_app.constants import IGNORE_INDEX
 from lact_app.models.lm import LM_BACKBONE, LM_FAST_WEIGHT, LaCTLM
 from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
@@ -64,22 +65,18 @@ class TokenLoss(Metric):
         }
 
 
-def curve_image(values: list[float], width: int = 480, height: int = 300, margin: int = 36) -> torch.Tensor:
-    """A line plot of ``values`` (min/max labelled) without matplotlib.  -> [3, H, W] in [0, 1]."""
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    x0, y0, x1, y1 = margin, margin // 2, width - margin // 2, height - margin
-    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill="black")
-    step = (x1 - x0) / max(1, len(values) - 1)
-    points = [(x0 + i * step, y1 - (v - lo) / span * (y1 - y0)) for i, v in enumerate(values)]
-    draw.line(points if len(points) > 1 else points * 2, fill=(31, 119, 180), width=2)
-    draw.text((2, y0), f"{hi:.3f}", fill="black")
-    draw.text((2, y1 - 10), f"{lo:.3f}", fill="black")
-    draw.text((x0, y1 + 8), "position ->", fill="black")
-    array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(height, width, 3)
-    return array.permute(2, 0, 1).float() / 255
+def loss_by_position_figure(bucket_start: list[int], losses: list[float]) -> Figure:
+    """Line plot of the loss by token position: one point per bucket, at its first position.
+
+    A bare ``Figure`` on matplotlib's Agg canvas: no pyplot state, no display needed.
+    """
+    fig = Figure(figsize=(4.8, 3.0), dpi=100, layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(bucket_start, losses, marker="o")
+    ax.set(xlabel="token position", ylabel="loss (nats / token)", title="test loss by position")
+    ax.grid(alpha=0.3)
+    return fig
 
 
 class LMTask(LaCTTask):
@@ -200,7 +197,10 @@ class LMTask(LaCTTask):
         }
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "loss_by_position.json").write_text(json.dumps(report, indent=2))
-        self.log_images("test/loss_by_position", curve_image(losses)[None])
+        writer = self.tensorboard()
+        if writer is not None:
+            figure = loss_by_position_figure(report["bucket_start"], losses)
+            writer.add_figure("test/loss_by_position", figure, self.global_step)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Continues one prompt; appends it to ``predictions/generations-rank<r>.jsonl`` and a ``.txt``."""

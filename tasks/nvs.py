@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.video_io import encode_mp4
-from lact_app.callbacks.media import encode_gif, to_uint8_frames
+from lact_app.media import encode_gif, encode_mp4, to_uint8_frames
 from lact_app.metrics import LPIPS, ImageMetrics, psnr
 from lact_app.models.nvs import NVS_BACKBONE, NVS_FAST_WEIGHT, NVSModel
 from lact_app.nn import BackboneConfig, FastWeightConfig

@@ -19,12 +19,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from datamodules.video_io import encode_mp4
-from lact_app.callbacks.media import encode_gif
+from lact_app.media import encode_gif, encode_mp4, to_uint8_frames
 from lact_app.models.codec import FrameCodec
 from lact_app.models.video import VIDEO_BACKBONE, VIDEO_FAST_WEIGHT, VideoDiffusionModel
 from lact_app.nn import BackboneConfig, FastWeightConfig
@@ -145,16 +143,16 @@ class VideoTask(LaCTTask):
             self.fvd.update(video, generated)
 
     def on_test_epoch_start(self) -> None:
-        self.continuation = ContinuationCurve()
+        # Sized here, so that a rank without a test batch still holds a curve to reduce.
+        self.continuation.set_frames(self.trainer.datamodule.num_frames - self.context_frames())
+        self.fvd.reset()
 
     def on_test_epoch_end(self) -> None:
-        reduce = lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
-        frames = self.trainer.datamodule.num_frames - self.context_frames()
-        result = self.continuation.compute(reduce, frames)
+        result = self.continuation.compute()  # computed from the states summed over ranks
         self.log("test/continuation_psnr", result["psnr"], sync_dist=False)
         self.log("test/continuation_ssim", result["ssim"], sync_dist=False)
         if self.fvd.available:
-            result["fvd"] = self.fvd.compute(reduce)
+            result["fvd"] = self.fvd.compute()
             self.log("test/fvd", result["fvd"])
         folder = self.trainer.log_dir or self.trainer.default_root_dir  # collective: every rank calls it
         if self.trainer.is_global_zero:
@@ -172,7 +170,7 @@ class VideoTask(LaCTTask):
         folder = self.predictions_dir()
         for i, clip in enumerate(frames):
             name = f"{batch_idx:04d}_{i:02d}_rank{self.global_rank}"
-            (folder / f"{name}.mp4").write_bytes(encode_mp4(to_uint8(clip), GIF_FPS))
+            (folder / f"{name}.mp4").write_bytes(encode_mp4(to_uint8_frames(clip), GIF_FPS))
             (folder / f"{name}.gif").write_bytes(encode_gif(clip, GIF_FPS)[0])
         return frames
 
@@ -233,8 +231,3 @@ class VideoTask(LaCTTask):
     def frame_size(self) -> tuple[int, int] | None:
         """(H, W) of frames generated without context (the ``frame_size`` hyperparameter)."""
         return None if self.hparams.frame_size is None else tuple(self.hparams.frame_size)
-
-
-def to_uint8(clip: torch.Tensor) -> np.ndarray:
-    """[T, 3, H, W] in [0, 1] -> uint8 numpy [T, H, W, 3]."""
-    return clip.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -1,8 +1,9 @@
 """Video test metrics: per-future-frame PSNR/SSIM curves of continuation, and a pluggable FVD.
 
-Both keep sums (not per-sample lists) so a distributed test reduces them exactly with one all-reduce.
-FVD needs an I3D feature extractor as a local TorchScript file (e.g. StyleGAN-V's
-``i3d_torchscript.pt``); nothing is ever downloaded — without the file FVD is skipped.
+Both are ``torchmetrics.Metric`` subclasses whose states are sums (not per-sample lists), so a
+distributed test reduces them exactly with one all-reduce (``dist_reduce_fx="sum"``) when
+``compute`` is called. FVD needs an I3D feature extractor as a local TorchScript file (e.g.
+StyleGAN-V's ``i3d_torchscript.pt``); nothing is ever downloaded — without the file FVD is skipped.
 """
 
 from __future__ import annotations
@@ -10,94 +11,138 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from typing import Any
 
 import torch
+from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from lact_app.metrics import psnr
 
 log = logging.getLogger(__name__)
 
-Reduce = Callable[[torch.Tensor], torch.Tensor]
+#: Shape [T, H, W] of the blank clip run through the detector once to learn its feature width
+#: (16 frames at 224²: the I3D input of StyleGAN-V's FVD).
+PROBE_CLIP = (16, 224, 224)
 
 
-class ContinuationCurve:
-    """PSNR and SSIM of generated vs real frames, per future frame index, summed over clips."""
+class ContinuationCurve(Metric):
+    """PSNR and SSIM of generated vs real frames, per future frame index, summed over clips.
 
-    def __init__(self):
-        self.sums: torch.Tensor | None = None  # [2, T]: PSNR, SSIM
-        self.clips = 0
+    Every rank must hold curves of the same length to be reduced, even one that saw no clip:
+    set it with ``frames`` or ``set_frames`` before the first update.
+
+    Args:
+        frames: T, the number of future frames of each clip.
+        **kwargs: keyword arguments of ``torchmetrics.Metric``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, frames: int = 0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("clips", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.set_frames(frames)
+
+    def set_frames(self, frames: int) -> None:
+        """Sets the curves' length T and resets the metric."""
+        self.add_state("sums", torch.zeros(2, frames, dtype=torch.float64, device=self.device),
+                       dist_reduce_fx="sum")  # [2, T]: PSNR, SSIM
+        self.reset()
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: [B, T, 3, H, W] in [0, 1] (the generated and the real future frames)."""
         B, T = pred.shape[:2]
+        if T != self.sums.size(1):
+            raise ValueError(f"clips have {T} future frames, the curve {self.sums.size(1)} (see set_frames)")
         flat_pred, flat_target = pred.float().flatten(0, 1).clamp(0, 1), target.float().flatten(0, 1)
         p = psnr(flat_pred, flat_target).view(B, T).sum(0)
         s = structural_similarity_index_measure(flat_pred, flat_target, data_range=1.0, reduction="none")
-        sums = torch.stack([p, s.view(B, T).sum(0)])
-        self.sums = sums if self.sums is None else self.sums + sums
-        self.clips += B
+        # out of place: states reset under inference mode must not be updated in place under no_grad
+        self.sums = self.sums + torch.stack([p, s.view(B, T).sum(0)]).double()
+        self.clips = self.clips + B
 
-    def compute(self, reduce: Reduce, frames: int) -> dict:
-        """Reduced over ranks (``reduce`` sums a tensor over processes).  -> JSON-ready dict."""
-        sums = self.sums if self.sums is not None else torch.zeros(2, frames)
-        totals = reduce(torch.cat([sums.flatten(), torch.tensor([float(self.clips)], device=sums.device)]))
-        clips = max(1.0, float(totals[-1]))
-        curve = (totals[:-1].view(2, -1) / clips).cpu()
-        return {"clips": int(totals[-1]), "psnr": float(curve[0].mean()), "ssim": float(curve[1].mean()),
+    def compute(self) -> dict:
+        """Over all ranks' clips.  -> JSON-ready {clips, psnr, ssim, psnr_per_frame, ssim_per_frame}."""
+        curve = (self.sums / self.clips.clamp(min=1)).cpu()
+        return {"clips": int(self.clips), "psnr": float(curve[0].mean()), "ssim": float(curve[1].mean()),
                 "psnr_per_frame": curve[0].tolist(), "ssim_per_frame": curve[1].tolist()}
 
 
-class FrechetVideoDistance:
-    """FVD from a local TorchScript I3D: Fréchet distance of feature Gaussians (real vs generated).
-
-    The detector is called as ``detector(x, rescale=False, resize=True, return_features=True)`` on
-    ``x: [N, 3, T, H, W]`` in [−1, 1] (StyleGAN-V's ``i3d_torchscript.pt`` convention).
-
-    Args:
-        detector_path: path of the TorchScript file; None or missing: FVD is unavailable.
+class I3DFeatures:
+    """A local TorchScript video feature extractor, called the StyleGAN-V way:
+    ``detector(x, rescale=False, resize=True, return_features=True)`` on ``x: [N, 3, T, H, W]``
+    in [−1, 1]. A plain object, not an ``nn.Module``: held by a metric it stays out of
+    checkpoints, optimizers, DDP and FSDP.
     """
 
-    def __init__(self, detector_path: str | None):
-        self.detector = None
+    def __init__(self, path: str):
+        self.detector = torch.jit.load(path, map_location="cpu").eval()
+
+    @torch.no_grad()
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        """video: [B, T, 3, H, W] in [0, 1] -> features [B, F] in float64."""
+        x = video.float().permute(0, 2, 1, 3, 4) * 2 - 1
+        self.detector.to(x.device)
+        return self.detector(x, rescale=False, resize=True, return_features=True).double()
+
+
+class FrechetVideoDistance(Metric):
+    """FVD from a local TorchScript I3D: Fréchet distance of feature Gaussians (real vs generated).
+
+    States per set (``real`` / ``fake``): the feature sum [F], the sum of outer products [F, F]
+    and the clip count. F is learnt once from the detector on a blank clip (as torchmetrics' FID
+    does with a custom feature extractor), so every rank's states have the same shape.
+
+    Args:
+        detector_path: path of the TorchScript file (see ``I3DFeatures``); None or missing: FVD is
+            unavailable.
+        **kwargs: keyword arguments of ``torchmetrics.Metric``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, detector_path: str | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.features = None
         if detector_path and os.path.isfile(os.path.expanduser(detector_path)):
-            self.detector = torch.jit.load(os.path.expanduser(detector_path), map_location="cpu").eval()
+            self.features = I3DFeatures(os.path.expanduser(detector_path))
         elif detector_path:
             log.warning("FVD detector %s not found: FVD is skipped (nothing is downloaded)", detector_path)
-        self.stats: dict[str, torch.Tensor | None] = {"real": None, "fake": None}
+        dim = self.features(torch.zeros(1, PROBE_CLIP[0], 3, *PROBE_CLIP[1:])).size(1) if self.available else 0
+        for key in ("real", "fake"):
+            self.add_state(f"{key}_sum", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{key}_outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{key}_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     @property
     def available(self) -> bool:
-        return self.detector is not None
+        return self.features is not None
 
-    @torch.no_grad()
     def update(self, real: torch.Tensor, fake: torch.Tensor) -> None:
         """real, fake: [B, T, 3, H, W] in [0, 1]."""
         for key, video in (("real", real), ("fake", fake)):
-            x = video.float().permute(0, 2, 1, 3, 4) * 2 - 1
-            self.detector.to(x.device)
-            f = self.detector(x, rescale=False, resize=True, return_features=True).double()
-            stats = torch.cat([f.sum(0), (f.T @ f).flatten(), f.new_tensor([f.size(0)])])
-            self.stats[key] = stats if self.stats[key] is None else self.stats[key] + stats
+            f = self.features(video)
+            # out of place: states reset under inference mode must not be updated in place under no_grad
+            setattr(self, f"{key}_sum", getattr(self, f"{key}_sum") + f.sum(0))
+            setattr(self, f"{key}_outer", getattr(self, f"{key}_outer") + f.T @ f)
+            setattr(self, f"{key}_count", getattr(self, f"{key}_count") + f.size(0))
 
-    def compute(self, reduce: Reduce) -> float:
-        """FVD over all ranks' clips (NaN with fewer than two clips)."""
-        moments = [self._gaussian(reduce(self.stats[k])) for k in ("real", "fake")]
+    def compute(self) -> float:
+        """FVD over all ranks' clips (NaN with fewer than two clips in a set)."""
+        moments = [self._gaussian(key) for key in ("real", "fake")]
         if any(m is None for m in moments):
             return math.nan
         (mu1, cov1), (mu2, cov2) = moments
         return float((mu1 - mu2).square().sum() + torch.trace(cov1 + cov2) - 2 * trace_sqrt_product(cov1, cov2))
 
-    @staticmethod
-    def _gaussian(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        n = float(stats[-1])
+    def _gaussian(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean [F], unbiased covariance [F, F]) of a set's features, None below two clips."""
+        n = float(getattr(self, f"{key}_count"))
         if n < 2:
             return None
-        dim = int((math.sqrt(1 + 4 * (stats.numel() - 1)) - 1) / 2)
-        mean = stats[:dim] / n
-        second = stats[dim:dim + dim * dim].view(dim, dim)
-        return mean, (second - n * torch.outer(mean, mean)) / (n - 1)
+        mean = getattr(self, f"{key}_sum") / n
+        return mean, (getattr(self, f"{key}_outer") - n * torch.outer(mean, mean)) / (n - 1)
 
 
 def trace_sqrt_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -67,11 +67,12 @@ def config_args(path: Path, tmp_path: Path) -> list[str]:
     return args + shlex.split(steer.get("overrides", ""))
 
 
-def run_main(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_main(*args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``python main.py *args`` from the repository root; with ``check`` it must succeed."""
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
     result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
 
@@ -84,6 +85,21 @@ def toy_yaml(tmp_path, toy_cache) -> Path:
 def test_help_lists_subcommands():
     out = run_main("--help").stdout
     assert all(cmd in out for cmd in ("fit", "validate", "test", "predict"))
+
+
+# An LM option that the model's constructor rejects (ValueError), and the words of its message.
+BAD_LM_OPTION = ["--model.init_args.fast_weight.chunk", "0"]
+BAD_LM_MESSAGE = "fast_weight.chunk must be >= 1 (or null), got 0"
+
+
+@pytest.mark.timeout(60)
+def test_a_rejected_config_value_is_one_short_error():
+    """No traceback through jsonargparse and Lightning: exit code 2 and a message naming the problem."""
+    result = run_main("fit", "--config", "configs/lm.yaml", *BAD_LM_OPTION, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and len(output.splitlines()) <= 12, output
+    assert "error: invalid configuration: " in output and BAD_LM_MESSAGE in output, output
 
 
 @pytest.mark.timeout(60)

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from datamodules.prepare.writer import ShardSink
-from datamodules.video_io import VideoBytes, encode_mp4, iter_frames_pyav, probe
+from datamodules.video_io import VideoBytes, iter_frames_pyav, probe
+from lact_app.media import encode_mp4
 
 HELP = "video files (mp4, mkv, mov, webm, avi) → H.264 yuv420p mp4 shards"
 SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")

@@ -1,6 +1,6 @@
 """Shared Lightning callbacks and media helpers."""
 
-from lact_app.callbacks.media import add_gif, encode_gif, gif_summary
+from lact_app.callbacks.media import add_gif, gif_summary
 from lact_app.callbacks.test_metrics import TestMetricsJSON
 
-__all__ = ["TestMetricsJSON", "add_gif", "encode_gif", "gif_summary"]
+__all__ = ["TestMetricsJSON", "add_gif", "gif_summary"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from .lpips import LPIPS
@@ -16,36 +17,58 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
-class ImageMetrics(nn.Module):
-    """Accumulates PSNR (per image, then the mean), SSIM and LPIPS over batches of images.
+class MeanLPIPS(Metric):
+    """Mean LPIPS distance over images; NaN when LPIPS is unavailable (or not given).
 
     Args:
-        lpips: the LPIPS metric to use (reported as NaN when unavailable), or None to skip it.
+        lpips: the LPIPS network (a plain object: it stays out of checkpoints), or None.
+        **kwargs: keyword arguments of ``torchmetrics.Metric``.
     """
 
-    def __init__(self, lpips: LPIPS | None = None):
-        super().__init__()
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.lpips_mean = MeanMetric(nan_strategy="ignore")
-        self.lpips_fn = lpips
+    full_state_update = False
+
+    def __init__(self, lpips: LPIPS | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.lpips = lpips
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def available(self) -> bool:
+        return self.lpips is not None and self.lpips.available
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: [N, 3, H, W] in [0, 1]."""
-        pred, target = pred.float().clamp(0, 1), target.float()
-        self.psnr.update(pred, target)
-        self.ssim.update(pred, target)
-        if self.lpips_fn is not None and self.lpips_fn.available:
-            with torch.no_grad():
-                self.lpips_mean.update(self.lpips_fn(pred, target))
+        if not self.available:
+            return
+        with torch.no_grad():
+            distance = self.lpips(pred, target).double()
+        distance = distance[~distance.isnan()]
+        # out of place: states reset under inference mode must not be updated in place under no_grad
+        self.total = self.total + distance.sum()
+        self.count = self.count + distance.numel()
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """{"psnr", "ssim", "lpips"} (lpips NaN when unavailable or skipped)."""
-        out = {"psnr": self.psnr.compute(), "ssim": self.ssim.compute()}
-        has_lpips = self.lpips_fn is not None and self.lpips_fn.available
-        out["lpips"] = self.lpips_mean.compute() if has_lpips else torch.tensor(float("nan"))
-        return out
+    def compute(self) -> torch.Tensor:
+        if not self.available:
+            return torch.tensor(float("nan"))
+        return (self.total / self.count).float()
 
-    def reset(self) -> None:
-        for metric in (self.psnr, self.ssim, self.lpips_mean):
-            metric.reset()
+
+class ImageMetrics(MetricCollection):
+    """PSNR (per image, then the mean), SSIM and LPIPS over batches of images:
+    ``compute()`` -> {"psnr", "ssim", "lpips"} (lpips NaN when unavailable or skipped).
+
+    Args:
+        lpips: the LPIPS network to use (reported as NaN when unavailable), or None to skip it.
+    """
+
+    def __init__(self, lpips: LPIPS | None = None):
+        super().__init__({
+            "psnr": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+            "lpips": MeanLPIPS(lpips),
+        }, compute_groups=False)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: [N, 3, H, W] in [0, 1] (predictions are clamped to it)."""
+        super().update(pred.float().clamp(0, 1), target.float())

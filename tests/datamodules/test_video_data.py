@@ -12,7 +12,8 @@ from datamodules.prepare import main as prepare_main
 from datamodules.prepare.writer import ShardSink
 from datamodules.procedural_clips import procedural_samples, render_clip
 from datamodules.video import VideoDataModule, cover_resize_crop
-from datamodules.video_io import VideoBytes, decord, encode_mp4, probe
+from datamodules.video_io import VideoBytes, decord, probe
+from lact_app.media import encode_mp4
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "video"  # ../shared/data/video
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/video is absent")

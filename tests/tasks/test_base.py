@@ -1,11 +1,16 @@
 """LaCTTask: parameter groups, the warmup + cosine schedule, skipping a bad step, media helpers."""
 
+import io
 import math
 
 import pytest
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
-from lact_app.callbacks.media import encode_gif, gif_summary
+from lact_app.callbacks.media import add_gif, gif_summary
+from lact_app.media import encode_gif
 from lact_app.nn import FastWeightConfig, LaCTLayer
 from tasks.base import LaCTTask, WarmupCosine
 from tests.toy import ToyTask
@@ -106,6 +111,19 @@ def test_gif_summary_is_an_animated_gif():
     assert image.encoded_image_string[:3] == b"GIF" and image.width == 6
 
 
+def test_add_gif_writes_an_animated_gif_to_the_event_file(tmp_path, caplog):
+    writer = SummaryWriter(str(tmp_path))
+    add_gif(writer, "val/video", torch.rand(2, 5, 3, 8, 6), step=7)
+    writer.close()
+    add_gif(writer, "val/late", torch.rand(5, 3, 8, 6), step=8)  # closed: skipped, with a warning
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert events.Tags()["images"] == ["val/video"]
+    (image,) = events.Images("val/video")
+    assert image.step == 7 and (image.height, image.width) == (8, 12)
+    assert Image.open(io.BytesIO(image.encoded_image_string)).n_frames == 5  # animated
+    assert "'val/late' at step 8 not logged" in caplog.text
+
+
 def test_activation_checkpointing_keeps_gradients():
     torch.manual_seed(0)
     plain = ToyTask()
@@ -117,3 +135,13 @@ def test_activation_checkpointing_keeps_gradients():
         task.model(x).square().sum().backward()
     for a, b in zip(plain.parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_activation_checkpointing_recomputes_each_block_in_backward():
+    task = ToyTask(activation_checkpointing=True)
+    task.configure_model()
+    calls = []
+    task.model[0][0].register_forward_hook(lambda *args: calls.append(1))
+    task.model(torch.randn(5, 4)).sum().backward()
+    assert len(calls) == 2  # the forward, then the recomputation in backward
+    assert type(task.model[0]) is torch.nn.Sequential  # checkpointed in place: names unchanged

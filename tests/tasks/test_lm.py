@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from datamodules.prepare import main as prepare_main
 from lact_app.cli import cli_main
 from lact_app.nn import BackboneConfig, FastWeightConfig
-from tasks.lm import LMTask, TokenLoss, curve_image
+from tasks.lm import LMTask, TokenLoss, loss_by_position_figure
 from tests.conftest import REPO_ROOT
 from tests.models.test_lm import one_thread  # noqa: F401 (an autouse fixture)
 from tests.test_cli import config_args, run_main
@@ -173,7 +174,7 @@ def test_760m_config_runs_one_step_at_reduced_width(tmp_path, tiny_yaml):
                                              use_muon=True, w_init="low_rank", low_rank=8).to_dict()}
 
 
-def test_token_loss_metric_and_curve():
+def test_token_loss_metric_and_curve(tmp_path):
     metric = TokenLoss(num_buckets=2)
     nll = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
     mask = torch.tensor([[True, True, True, False]])
@@ -181,8 +182,14 @@ def test_token_loss_metric_and_curve():
     out = metric.compute()
     assert out["loss"] == pytest.approx(2.0) and out["bpb"] == pytest.approx(6 / (math.log(2) * 6))
     assert out["loss_by_position"].tolist() == [1.5, 3.0]
-    image = curve_image(out["loss_by_position"].tolist())
-    assert image.shape == (3, 300, 480) and image.min() < 0.5 < image.max()
+    figure = loss_by_position_figure([0, 2], out["loss_by_position"].tolist())
+    (line,) = figure.axes[0].lines
+    assert line.get_xdata().tolist() == [0, 2] and line.get_ydata().tolist() == [1.5, 3.0]
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_figure("test/loss_by_position", figure, global_step=3)
+    writer.close()
+    (image,) = EventAccumulator(str(tmp_path)).Reload().Images("test/loss_by_position")
+    assert image.step == 3 and (image.width, image.height) == (480, 300)
 
 
 def test_generate_delegates_to_the_model():

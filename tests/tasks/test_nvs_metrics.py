@@ -50,3 +50,16 @@ def test_lpips_loads_a_local_torchvision_vgg_file(tmp_path):
     loaded = LPIPS(str(tmp_path / "vgg16.pth")).network()
     torch.testing.assert_close(loaded.net.slice3.get_submodule("12").weight, net.net.slice3.get_submodule("12").weight)
     assert set(vgg_to_lpips_keys(state)) == {k for k in net.state_dict() if k.startswith("net.")}
+
+
+def test_image_metrics_average_lpips_over_all_images():
+    lpips = LPIPS("random")
+    metrics = ImageMetrics(lpips)
+    batches = [(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)) for _ in range(2)]
+    for pred, target in batches:
+        metrics.update(pred, target)
+    distances = torch.cat([lpips(pred, target) for pred, target in batches])
+    assert metrics.compute()["lpips"].item() == pytest.approx(distances.mean().item(), rel=1e-5)
+    metrics.reset()
+    metrics.update(*batches[0])
+    assert metrics.compute()["lpips"].item() == pytest.approx(distances[:2].mean().item(), rel=1e-5)

@@ -1,6 +1,7 @@
-"""FVD plumbing with a stand-in TorchScript detector (real I3D weights are never downloaded):
-the Fréchet distance against scipy's matrix square root, zero for identical sets, reduction over
-ranks, and a missing detector reported unavailable."""
+"""Video test metrics. FVD plumbing with a stand-in TorchScript detector (real I3D weights are
+never downloaded): the Fréchet distance against scipy's matrix square root, zero for identical
+sets, reduction over ranks (torchmetrics' sync, with a simulated second rank), and a missing
+detector reported unavailable. The continuation curve: per-frame PSNR/SSIM, reduced over ranks."""
 
 import logging
 
@@ -10,7 +11,8 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from tasks.video_metrics import FrechetVideoDistance
+from lact_app.metrics import psnr
+from tasks.video_metrics import ContinuationCurve, FrechetVideoDistance
 
 
 class PooledFeatures(nn.Module):
@@ -47,6 +49,17 @@ def features(video: torch.Tensor) -> np.ndarray:
     return PooledFeatures().double()(x, False, True, True).detach().numpy()
 
 
+def two_ranks(make):
+    """Two metrics ``make(**kwargs)``; the first one's sync gathers each of its states together with
+    the second one's copy (what torchmetrics' all-gather over two ranks returns), then sums them."""
+    def gather(state: torch.Tensor, group=None) -> list[torch.Tensor]:
+        name = next(n for n, value in rank0.metric_state.items() if value is state)
+        return [state, getattr(rank1, name)]
+
+    rank0, rank1 = make(dist_sync_fn=gather, distributed_available_fn=lambda: True), make()
+    return rank0, rank1
+
+
 def test_fvd_matches_the_textbook_formula_over_several_updates(detector_path):
     torch.manual_seed(0)
     real, fake = torch.rand(24, 4, 3, 8, 8), torch.rand(24, 4, 3, 8, 8).pow(2)
@@ -55,7 +68,7 @@ def test_fvd_matches_the_textbook_formula_over_several_updates(detector_path):
     for r, f in zip(real.split(10), fake.split(10)):  # uneven batches: 10, 10, 4
         fvd.update(r, f)
     expected = frechet_distance_scipy(features(real), features(fake))
-    assert fvd.compute(lambda t: t) == pytest.approx(expected, rel=1e-4)
+    assert fvd.compute() == pytest.approx(expected, rel=1e-4)
     assert expected > 0.1
 
 
@@ -64,23 +77,45 @@ def test_fvd_of_identical_sets_is_zero_and_reduction_sums_ranks(detector_path):
     video = torch.rand(12, 4, 3, 8, 8)
     fvd = FrechetVideoDistance(detector_path)
     fvd.update(video, video)
-    assert fvd.compute(lambda t: t) == pytest.approx(0.0, abs=1e-6)
-    # Two ranks holding half the clips each: the reduction sums their statistics, which gives the
-    # FVD of all clips on one rank.
+    assert fvd.compute() == pytest.approx(0.0, abs=1e-6)
+    # Two ranks holding half the clips each: torchmetrics' sync gathers rank 0's and rank 1's copy
+    # of every state and sums them, which gives the FVD of all clips on one rank.
     fake = torch.rand(12, 4, 3, 8, 8)
-    whole, rank0, rank1 = (FrechetVideoDistance(detector_path) for _ in range(3))
+    whole = FrechetVideoDistance(detector_path)
+    rank0, rank1 = two_ranks(lambda **kwargs: FrechetVideoDistance(detector_path, **kwargs))
     whole.update(video, fake)
     rank0.update(video[:5], fake[:5])
     rank1.update(video[5:], fake[5:])
-    others = iter([rank1.stats["real"], rank1.stats["fake"]])
-    assert rank0.compute(lambda t: t + next(others)) == pytest.approx(whole.compute(lambda t: t), rel=1e-6)
+    assert rank0.compute() == pytest.approx(whole.compute(), rel=1e-6)
+    assert float(rank0.real_count) == 5  # the sync is undone after compute: rank 0 keeps its own sums
 
 def test_fvd_needs_two_clips_and_a_local_detector(detector_path, tmp_path, caplog):
     fvd = FrechetVideoDistance(detector_path)
     fvd.update(torch.rand(1, 4, 3, 8, 8), torch.rand(1, 4, 3, 8, 8))
-    assert np.isnan(fvd.compute(lambda t: t))
+    assert np.isnan(fvd.compute())
     with caplog.at_level(logging.WARNING):
         missing = FrechetVideoDistance(str(tmp_path / "absent.pt"))
     assert not missing.available
     assert f"FVD detector {tmp_path / 'absent.pt'} not found: FVD is skipped (nothing is downloaded)" in caplog.text
     assert not FrechetVideoDistance(None).available
+
+
+def test_continuation_curve_per_frame_and_over_ranks():
+    torch.manual_seed(2)
+    real = torch.rand(3, 4, 3, 16, 16)
+    fake = (real + 0.1 * torch.randn_like(real)).clamp(0, 1)
+    whole = ContinuationCurve(frames=4)
+    whole.update(fake, real)
+    expected = psnr(fake.flatten(0, 1), real.flatten(0, 1)).view(3, 4).double().mean(0)
+    result = whole.compute()
+    assert result["clips"] == 3 and len(result["ssim_per_frame"]) == 4
+    torch.testing.assert_close(torch.tensor(result["psnr_per_frame"], dtype=torch.float64), expected)
+    assert result["psnr"] == pytest.approx(float(expected.mean())) and 0 < result["ssim"] < 1
+    # A rank without clips still holds a curve of the same length; the sums over ranks are exact.
+    rank0, rank1 = two_ranks(lambda **kwargs: ContinuationCurve(**kwargs))
+    for rank in (rank0, rank1):
+        rank.set_frames(4)
+    rank1.update(fake, real)
+    assert rank0.compute() == result
+    with pytest.raises(ValueError, match="clips have 4 future frames, the curve 2"):
+        ContinuationCurve(frames=2).update(fake, real)
