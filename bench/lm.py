@@ -27,14 +27,14 @@ import yaml
 
 from bench.common import in_fresh_process, machine_info, print_table, write_json
 from lact_app.models.lm import LaCTLM
-from lact_app.nn import FastWeightConfig
+from lact_app.nn import BackboneConfig, FastWeightConfig
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs/lm.yaml"
 MEMORIES = ("lact", "full_attention")
 
 
 def model_args(config: Path = CONFIG) -> dict:
-    """The LaCTLM arguments of a task config's ``model.init_args`` (``fast_weight`` as a dict)."""
+    """The LaCTLM arguments of a task config's ``model.init_args`` (``backbone``, ``fast_weight`` as dicts)."""
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     names = set(inspect.signature(LaCTLM).parameters)
     return {k: v for k, v in init_args.items() if k in names}
@@ -43,7 +43,8 @@ def model_args(config: Path = CONFIG) -> dict:
 def build(memory: str) -> LaCTLM:
     torch.manual_seed(0)
     args = model_args()
-    return LaCTLM(**{**args, "memory": memory, "fast_weight": FastWeightConfig(**args["fast_weight"])})
+    configs = {"backbone": BackboneConfig(**args["backbone"]), "fast_weight": FastWeightConfig(**args["fast_weight"])}
+    return LaCTLM(**{**args, **configs, "memory": memory})
 
 
 def peak_rss_gib() -> float:
