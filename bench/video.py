@@ -49,7 +49,7 @@ def cache_bytes(caches) -> int:
     """Bytes of the sampling state: fast weights and KV caches of every block."""
     total = 0
     for cache in caches:
-        tensors = [cache.k, cache.v] + ([] if cache.state is None else [cache.state.w02, cache.state.w1])
+        tensors = [cache.keys, cache.values] + ([] if cache.fast is None else [cache.fast.w02, cache.fast.w1])
         total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
     return total
 
