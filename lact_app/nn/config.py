@@ -10,8 +10,8 @@ module) changes only the fields where its reference differs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Optional
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 #: Initialisation schemes of the initial fast weights (LACT_SPEC.md §1.2).
 W_INITS = ("normal", "nvs", "low_rank")
@@ -25,33 +25,8 @@ NS_SCHEDULES = ("lm", "classic")
 MEMORIES = ("lact", "full_attention", "none")
 
 
-Check = tuple[str, bool, str]
-
-
-class TaskConfig:
-    """What the config dataclasses share: a ``name`` (the task argument they fill), validation
-    that names the field, and the round trip through plain dicts (checkpoint hyperparameters)."""
-
-    name: ClassVar[str]
-
-    def reject_unless(self, checks: Sequence[Check]) -> None:
-        """A ValueError for the first (field, ok, allowed) check that fails, naming ``name.field``."""
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{self.name}.{field} must be {allowed}, got {getattr(self, field)!r}")
-
-    @classmethod
-    def coerce(cls, value: Any) -> Any:
-        """A config from itself or from a dict of its fields."""
-        return value if isinstance(value, cls) else cls(**value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain fields (what checkpoints store, so they load without this class's pickle)."""
-        return asdict(self)
-
-
 @dataclass(frozen=True, kw_only=True)
-class FastWeightConfig(TaskConfig):
+class FastWeightConfig:
     """The fast-weight layer's knobs (LACT_SPEC.md §1).
 
     Args:
@@ -86,10 +61,8 @@ class FastWeightConfig(TaskConfig):
     init_gain: float = 0.5
     weight_norm: bool = True
 
-    name: ClassVar[str] = "fast_weight"
-
     def __post_init__(self) -> None:
-        self.reject_unless((
+        check = (
             ("chunk", self.chunk is None or self.chunk >= 1, ">= 1 (or null)"),
             ("heads", self.heads >= 1, ">= 1"),
             ("inter_multi", self.inter_multi > 0, "> 0"),
@@ -99,11 +72,23 @@ class FastWeightConfig(TaskConfig):
             ("w_init", self.w_init in W_INITS, f"one of {W_INITS}"),
             ("low_rank", self.low_rank >= 1, ">= 1"),
             ("init_gain", self.init_gain > 0, "> 0"),
-        ))
+        )
+        for name, ok, allowed in check:
+            if not ok:
+                raise ValueError(f"fast_weight.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def coerce(cls, value: Union["FastWeightConfig", dict[str, Any]]) -> "FastWeightConfig":
+        """A config from itself or from a dict of its fields (checkpoint hyperparameters)."""
+        return value if isinstance(value, cls) else cls(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain fields (what checkpoints store, so they load without this class's pickle)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
-class BackboneConfig(TaskConfig):
+class BackboneConfig:
     """The transformer trunk around the mixers, declared once for all tasks.
 
     Each task takes one as its argument ``backbone`` (``--model.init_args.backbone.dim 128``); the
@@ -126,16 +111,25 @@ class BackboneConfig(TaskConfig):
     mlp_ratio: Optional[float] = 4.0
     rope_theta: Optional[float] = 1e4
 
-    name: ClassVar[str] = "backbone"
-
     def __post_init__(self) -> None:
-        self.reject_unless((
+        check = (
             ("dim", self.dim >= 1, ">= 1"),
             ("depth", self.depth >= 1, ">= 1"),
             ("heads", self.heads >= 1 and self.dim % self.heads == 0, f"a divisor of dim={self.dim}"),
             ("mlp_ratio", self.mlp_ratio is None or self.mlp_ratio > 0, "> 0 (or null)"),
             ("rope_theta", self.rope_theta is None or self.rope_theta > 0, "> 0 (or null)"),
-        ))
+        )
+        for name, ok, allowed in check:
+            if not ok:
+                raise ValueError(f"backbone.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def coerce(cls, value: Union["BackboneConfig", dict[str, Any]]) -> "BackboneConfig":
+        """A config from itself or from a dict of its fields (checkpoint hyperparameters)."""
+        return value if isinstance(value, cls) else cls(**value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @property
     def head_dim(self) -> int:
