@@ -10,7 +10,7 @@ module) changes only the fields where its reference differs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 #: Initialisation schemes of the initial fast weights (LACT_SPEC.md §1.2).
@@ -23,6 +23,19 @@ NS_SCHEDULES = ("lm", "classic")
 #: What carries information across chunks / views in every task's mixer: the LaCT fast weights,
 #: softmax attention over everything earlier (the Transformer baseline), or nothing.
 MEMORIES = ("lact", "full_attention", "none")
+
+
+Check = tuple[str, bool, str]
+
+
+def reject_unless(config: Any, group: str, checks: Sequence[Check]) -> None:
+    """A ValueError for the first (field, ok, allowed) check that fails, naming ``group.field``.
+
+    A function, not a base class: jsonargparse treats a dataclass with a non-dataclass base as a
+    subclass type (``class_path`` / ``init_args`` in configs)."""
+    for field, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"{group}.{field} must be {allowed}, got {getattr(config, field)!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +75,7 @@ class FastWeightConfig:
     weight_norm: bool = True
 
     def __post_init__(self) -> None:
-        check = (
+        reject_unless(self, "fast_weight", (
             ("chunk", self.chunk is None or self.chunk >= 1, ">= 1 (or null)"),
             ("heads", self.heads >= 1, ">= 1"),
             ("inter_multi", self.inter_multi > 0, "> 0"),
@@ -72,10 +85,7 @@ class FastWeightConfig:
             ("w_init", self.w_init in W_INITS, f"one of {W_INITS}"),
             ("low_rank", self.low_rank >= 1, ">= 1"),
             ("init_gain", self.init_gain > 0, "> 0"),
-        )
-        for name, ok, allowed in check:
-            if not ok:
-                raise ValueError(f"fast_weight.{name} must be {allowed}, got {getattr(self, name)!r}")
+        ))  # fmt: skip
 
     @classmethod
     def coerce(cls, value: Union["FastWeightConfig", dict[str, Any]]) -> "FastWeightConfig":
@@ -112,24 +122,16 @@ class BackboneConfig:
     rope_theta: Optional[float] = 1e4
 
     def __post_init__(self) -> None:
-        check = (
+        reject_unless(self, "backbone", (
             ("dim", self.dim >= 1, ">= 1"),
             ("depth", self.depth >= 1, ">= 1"),
             ("heads", self.heads >= 1 and self.dim % self.heads == 0, f"a divisor of dim={self.dim}"),
             ("mlp_ratio", self.mlp_ratio is None or self.mlp_ratio > 0, "> 0 (or null)"),
             ("rope_theta", self.rope_theta is None or self.rope_theta > 0, "> 0 (or null)"),
-        )
-        for name, ok, allowed in check:
-            if not ok:
-                raise ValueError(f"backbone.{name} must be {allowed}, got {getattr(self, name)!r}")
+        ))  # fmt: skip
 
-    @classmethod
-    def coerce(cls, value: Union["BackboneConfig", dict[str, Any]]) -> "BackboneConfig":
-        """A config from itself or from a dict of its fields (checkpoint hyperparameters)."""
-        return value if isinstance(value, cls) else cls(**value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    coerce = FastWeightConfig.__dict__["coerce"]  # a config from itself or from a dict of its fields
+    to_dict = FastWeightConfig.to_dict
 
     @property
     def head_dim(self) -> int:
