@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -23,13 +23,16 @@ def classic_ns_coeffs(steps: int = 5) -> tuple[tuple[float, float, float], ...]:
     return ((3.4445, -4.7750, 2.0315),) * steps
 
 
-def newton_schulz(g: torch.Tensor, coeffs: Coeffs = LM_NS_COEFFS) -> torch.Tensor:
+def newton_schulz(g: torch.Tensor, coeffs: Coeffs = LM_NS_COEFFS, *, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Approximately orthogonalise each matrix of a batch.
 
-    g: [B, m, n] -> [B, m, n]. Runs in the input dtype (fp32 for fp32 state; the reference casts to
-    bf16, see README). Transposes tall matrices so the Gram matrix is the small one; since the
-    iteration commutes with transposition, ``newton_schulz(g.mT) == newton_schulz(g).mT``.
+    g: [B, m, n] -> [B, m, n] in g's dtype. The iteration runs in ``dtype`` (None: g's dtype, fp32
+    for fp32 state; the official code casts to bfloat16 inside its Newton–Schulz, which
+    ``dtype=torch.bfloat16`` reproduces). Transposes tall matrices so the Gram matrix is the small
+    one; since the iteration commutes with transposition, ``newton_schulz(g.mT) == newton_schulz(g).mT``.
     """
+    if dtype is not None and dtype != g.dtype:
+        return newton_schulz(g.to(dtype), coeffs).to(g.dtype)
     tall = g.size(-2) > g.size(-1)
     x = g.mT if tall else g
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
