@@ -91,12 +91,19 @@ def _with_momentum(
 def _orthogonalise(
     d02: torch.Tensor, d1: torch.Tensor, coeffs: Coeffs, dtype: Optional[torch.dtype] = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Muon on Δw0, Δw2 and Δw1 separately, as one batched Newton–Schulz over [3B, H, D] run in
-    ``dtype`` (None: the updates' dtype)."""
+    """Muon on Δw0, Δw2 and Δw1 separately, as one batched Newton–Schulz over [3B, H, D].
+
+    With ``dtype`` (the official bf16 iteration) each update is orthogonalised in the official LM's
+    orientation (Δw0, Δw2: [H, D]; Δw1: [D, H]), which matters for rounding when H = D.
+    """
     B, two_h, D = d02.shape
     h = two_h // 2
+    if dtype is not None:
+        return newton_schulz(d02.reshape(2 * B, h, D), coeffs, dtype=dtype).reshape(B, two_h, D), newton_schulz(
+            d1, coeffs, dtype=dtype
+        )
     stacked = torch.cat([d02.reshape(2 * B, h, D), d1.mT], dim=0)
-    out = newton_schulz(stacked, coeffs, dtype=dtype)
+    out = newton_schulz(stacked, coeffs)
     return out[: 2 * B].reshape(B, two_h, D), out[2 * B :].mT
 
 
