@@ -1,6 +1,7 @@
-"""Checkpoint conversion: ``python -m tasks.convert {legacy,lm,lm-export} …``.
+"""Checkpoint conversion: ``python -m tasks.convert {legacy,nvs,lm,lm-export} …``.
 
-``lm HF_DIR --out OUT.ckpt`` and ``lm-export CKPT --out DIR`` convert the official LaCT language
+``nvs SRC.pth --out OUT.ckpt --official-config OFFICIAL.yaml`` converts an official LaCT NVS model
+(:mod:`tasks.convert_nvs`); ``lm HF_DIR --out OUT.ckpt`` and ``lm-export CKPT --out DIR`` convert the official LaCT language
 models (``config.json`` + ``model.safetensors``) to and from ``LMTask`` checkpoints
 (:mod:`tasks.convert_lm`).
 
@@ -125,6 +126,15 @@ def _lm_export(args: argparse.Namespace) -> str:
     return f"wrote {args.out / 'config.json'} and {args.out / 'model.safetensors'}"
 
 
+def _nvs(args: argparse.Namespace) -> str:
+    from tasks.convert_nvs import convert_nvs
+
+    checkpoint = convert_nvs(args.src, args.official_config, ns_dtype=args.ns_dtype, dtype=DTYPES[args.dtype])
+    _save(checkpoint, args.out)
+    hp = checkpoint["hyper_parameters"]
+    return f"wrote {args.out} (NVSTask: backbone={hp['backbone']}, fast_weight={hp['fast_weight']})"
+
+
 def _save(checkpoint: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out)
@@ -137,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     legacy.add_argument("src", type=Path, help="the old Lightning checkpoint (a single .ckpt file)")
     legacy.add_argument("--out", type=Path, required=True, help="where to write the converted checkpoint")
     legacy.set_defaults(run=_legacy)
+    nvs = commands.add_parser(
+        "nvs", help="an official LaCT NVS model (lact_nvs) -> an NVSTask checkpoint",
+        description="Reads SRC (what the official trainer saves: {'model': state_dict, ...}) and the "
+                    "official model yaml (patch_size, dim, layers, block_config); writes a "
+                    "self-contained NVSTask checkpoint. Unknown block types, parameters or values "
+                    "and mismatched weights are refused.",
+    )  # fmt: skip
+    nvs.add_argument("src", type=Path, metavar="SRC.pth", help="the official checkpoint")
+    nvs.add_argument("--out", type=Path, required=True, help="where to write the Lightning checkpoint")
+    nvs.add_argument("--official-config", type=Path, required=True, metavar="OFFICIAL.yaml",
+                     help="the official model yaml the checkpoint was trained with")  # fmt: skip
+    nvs.set_defaults(run=_nvs)
     lm = commands.add_parser(
         "lm", help="an official LaCT LM (lact_llm, HF folder) -> an LMTask checkpoint",
         description="Reads HF_DIR/config.json (LaCTSWIGLUConfig fields; omitted ones take the class "
@@ -145,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     lm.add_argument("src", type=Path, metavar="HF_DIR", help="folder with config.json and the weights")
     lm.add_argument("--out", type=Path, required=True, help="where to write the Lightning checkpoint")
-    for sub in (lm,):
+    for sub in (nvs, lm):
         sub.add_argument("--ns-dtype", choices=list(DTYPES), default="float32",
                          help="dtype of Muon's Newton-Schulz (fast_weight.ns_dtype); bfloat16 reproduces "
                               "the official outputs, float32 is this project's default")  # fmt: skip
