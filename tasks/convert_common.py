@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -37,3 +38,12 @@ def check_keys(
     problems += [f"wrong shapes {shapes}"] * bool(shapes)
     if problems:
         raise ConversionError(f"{what} does not match the model: " + "; ".join(problems))
+
+
+def cli_hparams(task: Any) -> dict[str, Any]:
+    """A task's hyperparameters as ``LightningCLI`` saves them (the class path and its instantiator
+    beside the arguments), so ``main.py test --ckpt_path`` rebuilds the model from them and
+    ``Task.load_from_checkpoint`` works as for a checkpoint trained here."""
+    cls = type(task)
+    return {"_instantiator": "lightning.pytorch.cli.instantiate_module",
+            "_class_path": f"{cls.__module__}.{cls.__qualname__}", **dict(task.hparams)}  # fmt: skip

@@ -26,7 +26,7 @@ import torch
 
 from lact_app.models.lm import default_mlp_hidden
 from lact_app.nn import BackboneConfig, FastWeightConfig
-from tasks.convert_common import ConversionError, StateDict, check_keys
+from tasks.convert_common import ConversionError, StateDict, check_keys, cli_hparams
 
 Config = dict[str, Any]
 
@@ -260,7 +260,7 @@ def convert_lm(folder: Path, ns_dtype: str = "float32", dtype: torch.dtype = tor
     if hp["tie_embeddings"]:
         state["head.weight"] = state["embed.weight"]
     return {
-        "hyper_parameters": dict(task.hparams),
+        "hyper_parameters": cli_hparams(task),
         "state_dict": {f"model.{k}": v.to(dtype) for k, v in state.items()},
         "pytorch-lightning_version": _lightning_version(),
         INERT_KEY: {k: config[k] for k in INERT if k in config},

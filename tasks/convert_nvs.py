@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from lact_app.nn import BackboneConfig, FastWeightConfig
-from tasks.convert_common import ConversionError, StateDict, check_keys
+from tasks.convert_common import ConversionError, StateDict, check_keys, cli_hparams
 
 #: The official block: per-view attention, the LaCT layer over all views, the MLP — in this order.
 BLOCK_TYPES = ("model.SelfAttention", "lact_ttt.FastWeightGluMLPMultihead", "model.MLP")
@@ -207,7 +207,7 @@ def convert_nvs(src: Path, official_config: Path, ns_dtype: str = "float32",
         task = NVSTask(**hp)
     state = to_project_state(read_official_checkpoint(src), task.model, hp["fast_weight"]["heads"])
     return {
-        "hyper_parameters": dict(task.hparams),
+        "hyper_parameters": cli_hparams(task),
         "state_dict": {f"model.{k}": v.to(dtype) for k, v in state.items()},
         "pytorch-lightning_version": _lightning_version(),
     }

@@ -171,3 +171,10 @@ def test_reads_pytorch_model_bin(tmp_path):
     with torch.no_grad():
         logits = LMTask.load_from_checkpoint(tmp_path / "lm.ckpt").model(c["input_ids"])
     assert (logits - c["logits_ns_fp32"]).abs().max() <= 1e-4 * c["logits_ns_fp32"].abs().max()
+
+
+def test_converted_checkpoint_loads_weights_only_as_a_cli_checkpoint(tmp_path):
+    convert(case("lowrank_momentum"), tmp_path)
+    hp = torch.load(tmp_path / "lm.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["_class_path"] == "tasks.lm.LMTask"
+    assert hp["_instantiator"] == "lightning.pytorch.cli.instantiate_module"

@@ -172,3 +172,34 @@ def test_mismatched_weights_are_refused_with_their_keys(tmp_path, capsys):
     assert err.count("\n") == 1
     assert "missing ['blocks.1.module_list.1.f.lr_fc.bias']" in err and "unexpected ['blocks.0.extra']" in err
     assert "wrong shapes ['input_layernorm.weight: (3,) (expected (64,))']" in err
+
+
+def test_converted_checkpoint_loads_weights_only_as_a_cli_checkpoint(tmp_path):
+    """The hyperparameters carry the class path and instantiator LightningCLI writes, so
+    ``main.py test --ckpt_path`` rebuilds the model from them (it reads them weights-only)."""
+    c = case("ttt2x_1head")
+    assert run(*write_official(c, tmp_path / "official"), tmp_path / "nvs.ckpt") == 0
+    hp = torch.load(tmp_path / "nvs.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["_class_path"] == "tasks.nvs.NVSTask"
+    assert hp["_instantiator"] == "lightning.pytorch.cli.instantiate_module"
+
+
+@pytest.mark.slow
+def test_main_test_runs_on_a_converted_checkpoint(tmp_path, monkeypatch):
+    import sys
+
+    from lact_app.cli import cli_main
+
+    c = case("ttt4x_2heads_nonsquare")
+    assert run(*write_official(c, tmp_path / "official"), tmp_path / "nvs.ckpt", "--ns-dtype", "bfloat16") == 0
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    cli = cli_main(["test", "--config", str(REPO_ROOT / "configs/nvs.yaml"), "--config",
+                    str(REPO_ROOT / "configs/official/nvs_scene_ttt4x_res72x128.yaml"),
+                    "--ckpt_path", str(tmp_path / "nvs.ckpt"), "--data.init_args.image_size=[24,40]",
+                    "--data.init_args.num_input_views=2", "--data.init_args.num_target_views=1",
+                    "--data.init_args.default_scenes=16", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+                    "--data.init_args.num_workers=0", "--trainer.limit_test_batches=1",
+                    f"--trainer.default_root_dir={tmp_path / 'run'}"])  # fmt: skip
+    assert cli.model.hparams.fast_weight["ns_dtype"] == "bfloat16" and cli.model.hparams.qk_norm_eps is None
+    official = c["checkpoint"]["model"]["blocks.1.module_list.1.f.w2"]
+    assert torch.equal(cli.model.model.blocks[1].mixer.layer.branch.w2.detach(), official.mT)
