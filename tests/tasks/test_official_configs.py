@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from lact_app.nn import BackboneConfig, FastWeightConfig
+from tasks.convert_common import ConversionError
 from tasks.convert_lm import lm_hparams
 from tasks.convert_nvs import nvs_hparams
 from tests.conftest import REPO_ROOT
@@ -42,3 +43,19 @@ def test_lm_configs_match_the_converted_official_architecture(variant):
     assert BackboneConfig(**ours.pop("backbone")).to_dict() == official.pop("backbone")
     assert FastWeightConfig(**ours.pop("fast_weight")).to_dict() == official.pop("fast_weight")
     assert {k: ours[k] for k in official} == official
+
+
+@pytest.mark.parametrize("path", sorted(OFFICIAL.glob("*.json")) + sorted(OFFICIAL.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_released_official_config_is_accepted(path):
+    """No released config trips a refusal (the fused-kernel one sets no_v_silu, fp32_states, use_fused_kernel)
+    — except the 3B momentum one, whose ``num_attn_heads: 25`` does not divide ``hidden_size: 3072``
+    (the official code cannot build it either: its head split needs 3072 = 25 · 122)."""
+    if path.name == "3B_lact_swiglu_nh4_fwlow_rank_momentum.json":
+        with pytest.raises(ConversionError, match="backbone.heads must be a divisor of dim=3072, got 25"):
+            lm_hparams(json.loads(path.read_text()))
+    elif path.suffix == ".json":
+        hp = lm_hparams(json.loads(path.read_text()))
+        assert hp["fast_v_silu"] is ("fused_kernel" not in path.name)
+    else:
+        hp = nvs_hparams(yaml.safe_load(path.read_text()))
+        assert hp["fast_weight"]["heads"] == 1 and hp["backbone"]["heads"] == 12
