@@ -1,4 +1,9 @@
-"""Checkpoint conversion: ``python -m tasks.convert legacy OLD.ckpt --out NEW.ckpt``.
+"""Checkpoint conversion: ``python -m tasks.convert {legacy,nvs,lm,lm-export} …``.
+
+``nvs SRC.pth --out OUT.ckpt --official-config OFFICIAL.yaml`` converts an official LaCT NVS model
+(:mod:`tasks.convert_nvs`); ``lm HF_DIR --out OUT.ckpt`` and ``lm-export CKPT --out DIR`` convert the official LaCT language
+models (``config.json`` + ``model.safetensors``) to and from ``LMTask`` checkpoints
+(:mod:`tasks.convert_lm`).
 
 ``legacy`` rewrites a checkpoint written before the one-model-interface change (LM arguments
 ``branch``, ``num_lact_heads``, ``chunk``, ``num_layers`` …; NVS ``mixer``, ``muon_steps``,
@@ -12,6 +17,7 @@ beside the weights (``ema_state_dict``). The converted model computes exactly wh
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -94,21 +100,102 @@ def upgrade_legacy(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _legacy(args: argparse.Namespace) -> str:
+    checkpoint = upgrade_legacy(torch.load(args.src, map_location="cpu", weights_only=False))
+    _save(checkpoint, args.out)
+    return (f"wrote {args.out} ({checkpoint['hyper_parameters'].get('memory', 'lact')} memory, "
+            f"fast_weight={checkpoint['hyper_parameters']['fast_weight']})")  # fmt: skip
+
+
+def _lm(args: argparse.Namespace) -> str:
+    from tasks.convert_lm import convert_lm
+
+    checkpoint = convert_lm(args.src, ns_dtype=args.ns_dtype, dtype=DTYPES[args.dtype])
+    _save(checkpoint, args.out)
+    hp = checkpoint["hyper_parameters"]
+    return f"wrote {args.out} (LMTask: backbone={hp['backbone']}, fast_weight={hp['fast_weight']})"
+
+
+def _lm_export(args: argparse.Namespace) -> str:
+    from tasks.convert_lm import export_lm
+
+    export_lm(torch.load(args.src, map_location="cpu", weights_only=False), args.out)
+    return f"wrote {args.out / 'config.json'} and {args.out / 'model.safetensors'}"
+
+
+def _nvs(args: argparse.Namespace) -> str:
+    from tasks.convert_nvs import convert_nvs
+
+    checkpoint = convert_nvs(args.src, args.official_config, ns_dtype=args.ns_dtype, dtype=DTYPES[args.dtype])
+    _save(checkpoint, args.out)
+    hp = checkpoint["hyper_parameters"]
+    return f"wrote {args.out} (NVSTask: backbone={hp['backbone']}, fast_weight={hp['fast_weight']})"
+
+
+def _save(checkpoint: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, out)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasks.convert", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     legacy = commands.add_parser("legacy", help="a checkpoint written before the one-model-interface change")
     legacy.add_argument("src", type=Path, help="the old Lightning checkpoint (a single .ckpt file)")
     legacy.add_argument("--out", type=Path, required=True, help="where to write the converted checkpoint")
+    legacy.set_defaults(run=_legacy)
+    nvs = commands.add_parser(
+        "nvs", help="an official LaCT NVS model (lact_nvs) -> an NVSTask checkpoint",
+        description="Reads SRC (what the official trainer saves: {'model': state_dict, ...}) and the "
+                    "official model yaml (patch_size, dim, layers, block_config); writes a "
+                    "self-contained NVSTask checkpoint. Unknown block types, parameters or values "
+                    "and mismatched weights are refused.",
+    )  # fmt: skip
+    nvs.add_argument("src", type=Path, metavar="SRC.pth", help="the official checkpoint")
+    nvs.add_argument("--out", type=Path, required=True, help="where to write the Lightning checkpoint")
+    nvs.add_argument("--official-config", type=Path, required=True, metavar="OFFICIAL.yaml",
+                     help="the official model yaml the checkpoint was trained with")  # fmt: skip
+    nvs.set_defaults(run=_nvs)
+    lm = commands.add_parser(
+        "lm", help="an official LaCT LM (lact_llm, HF folder) -> an LMTask checkpoint",
+        description="Reads HF_DIR/config.json (LaCTSWIGLUConfig fields; omitted ones take the class "
+                    "defaults) and model.safetensors (or pytorch_model.bin); writes a self-contained "
+                    "LMTask checkpoint. Unsupported fields or values and mismatched weights are refused.",
+    )  # fmt: skip
+    lm.add_argument("src", type=Path, metavar="HF_DIR", help="folder with config.json and the weights")
+    lm.add_argument("--out", type=Path, required=True, help="where to write the Lightning checkpoint")
+    for sub in (nvs, lm):
+        sub.add_argument("--ns-dtype", choices=list(DTYPES), default="float32",
+                         help="dtype of Muon's Newton-Schulz (fast_weight.ns_dtype); bfloat16 reproduces "
+                              "the official outputs, float32 is this project's default")  # fmt: skip
+        sub.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype to store the weights in")
+    lm.set_defaults(run=_lm)
+    export = commands.add_parser(
+        "lm-export", help="an LMTask checkpoint -> the official LaCT LM folder layout",
+        description="Writes DIR/config.json (LaCTSWIGLUConfig) and DIR/model.safetensors, which the "
+                    "official lact_llm code loads; official -> project -> official is exact.",
+    )  # fmt: skip
+    export.add_argument("src", type=Path, metavar="CKPT", help="a Lightning checkpoint of LMTask")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write")
+    export.set_defaults(run=_lm_export)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand; a refused source is one line on stderr and exit code 1."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        checkpoint = upgrade_legacy(torch.load(args.src, map_location="cpu", weights_only=False))
+        message = args.run(args)
     except ValueError as err:
-        parser.error(f"{args.src}: {err}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, args.out)
-    print(f"wrote {args.out} ({checkpoint['hyper_parameters'].get('memory', 'lact')} memory, "
-          f"fast_weight={checkpoint['hyper_parameters']['fast_weight']})")
+        if args.command == "legacy":
+            parser.error(f"{args.src}: {err}")
+        print(f"error: {args.src}: {err}", file=sys.stderr)
+        return 1
+    print(message)
     return 0
 
 

@@ -92,7 +92,9 @@ class LMTask(LaCTTask):
         fast_weight: the LaCT layers' knobs (``chunk``: apply-then-update chunk in tokens, window
             >= chunk recommended; ``heads``: D = d / heads; ``use_momentum``, ``use_muon``,
             ``w_init`` …); default: the reference LM's.
-        fast_rope: RoPE on the fast-weight q, k.
+        fast_rope: RoPE on the fast-weight q, k (False: the official ``ttt_nope``).
+        fast_v_silu: silu on the fast-weight v (False: the official ``no_v_silu``).
+        tie_embeddings: the output head shares the embedding matrix (official ``tie_word_embeddings``).
         norm_eps: eps of the RMSNorms.
         initializer_range: std of the normal init of linear and embedding weights.
         position_buckets: number of equal position buckets of the test loss-by-position curve.
@@ -107,6 +109,8 @@ class LMTask(LaCTTask):
         memory: str = "lact",
         fast_weight: FastWeightConfig = LM_FAST_WEIGHT,
         fast_rope: bool = True,
+        fast_v_silu: bool = True,
+        tie_embeddings: bool = False,
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         position_buckets: int = 16,
@@ -115,8 +119,8 @@ class LMTask(LaCTTask):
         super().__init__(**kwargs)
         self.model = LaCTLM(
             vocab_size, backbone=BackboneConfig.coerce(backbone), window=window, memory=memory,
-            fast_weight=FastWeightConfig.coerce(fast_weight), fast_rope=fast_rope, norm_eps=norm_eps,
-            initializer_range=initializer_range,
+            fast_weight=FastWeightConfig.coerce(fast_weight), fast_rope=fast_rope, fast_v_silu=fast_v_silu,
+            tie_embeddings=tie_embeddings, norm_eps=norm_eps, initializer_range=initializer_range,
         )  # fmt: skip
         self.val_metric = TokenLoss(position_buckets)
         self.test_metric = TokenLoss(position_buckets)

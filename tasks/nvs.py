@@ -7,6 +7,8 @@ Batches come from ``datamodules.nvs.NVSDataModule``: ``input_images [B, V_in, 3,
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,8 @@ class NVSTask(LaCTTask):
             views, LVSM-style) or ``"none"`` (no mixing across views: a camera-only baseline).
         fast_weight: the LaCT layers' knobs (``inter_multi`` 2: ttt2x, 4: ttt4x; ``base_lr``;
             ``use_muon`` with ``ns_steps`` classic Newton–Schulz steps …); default: the reference's.
+        qk_norm_eps: eps of the attention's q/k RMSNorms; null: the dtype's machine epsilon (the
+            official code's, set by ``python -m tasks.convert nvs``).
         lpips_weight: λ of the LPIPS term of the loss (MSE + λ·LPIPS).
         lpips_start_step: global step from which the LPIPS term is added (reference: 5000).
         lpips_backbone: torchvision VGG16 weights for LPIPS; None: the torch hub cache
@@ -50,6 +54,7 @@ class NVSTask(LaCTTask):
         backbone: BackboneConfig = NVS_BACKBONE,
         memory: str = "lact",
         fast_weight: FastWeightConfig = NVS_FAST_WEIGHT,
+        qk_norm_eps: Optional[float] = 1e-6,
         lpips_weight: float = 1.0,
         lpips_start_step: int = 5000,
         lpips_backbone: str | None = None,
@@ -60,7 +65,7 @@ class NVSTask(LaCTTask):
     ):
         super().__init__(**kwargs)
         self.model = NVSModel(patch_size=patch_size, backbone=BackboneConfig.coerce(backbone), memory=memory,
-                              fast_weight=FastWeightConfig.coerce(fast_weight))
+                              fast_weight=FastWeightConfig.coerce(fast_weight), qk_norm_eps=qk_norm_eps)
         self.lpips = LPIPS(lpips_backbone)  # a plain object: never in checkpoints or optimizers
         self.val_metrics = ImageMetrics(self.lpips)
         self.test_metrics = ImageMetrics(self.lpips)

@@ -73,6 +73,8 @@ class LaCTLM(nn.Module):
             the Transformer baseline) or ``"none"`` (window attention only).
         fast_weight: the LaCT layers' knobs (default: the reference's, :data:`LM_FAST_WEIGHT`).
         fast_rope: RoPE on the fast q, k.
+        fast_v_silu: silu on the fast v (False: the official ``no_v_silu``).
+        tie_embeddings: the output head shares the embedding matrix (official ``tie_word_embeddings``).
         norm_eps: eps of the block and final RMSNorms.
         initializer_range: std of the normal init of every Linear and the embedding (biases zero).
     """
@@ -86,6 +88,8 @@ class LaCTLM(nn.Module):
         memory: str = "lact",
         fast_weight: FastWeightConfig = LM_FAST_WEIGHT,
         fast_rope: bool = True,
+        fast_v_silu: bool = True,
+        tie_embeddings: bool = False,
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
     ):
@@ -96,7 +100,8 @@ class LaCTLM(nn.Module):
         hidden = backbone.mlp_hidden(default_mlp_hidden)
         self.blocks = nn.ModuleList(
             HybridBlock(
-                HybridLaCTAttention(backbone, window=window, memory=memory, fast_weight=fast_weight, fast_rope=fast_rope),
+                HybridLaCTAttention(backbone, window=window, memory=memory, fast_weight=fast_weight, fast_rope=fast_rope,
+                                    fast_v_silu=fast_v_silu),
                 dim, hidden, norm_eps=norm_eps,
             )  # fmt: skip
             for _ in range(backbone.depth)
@@ -105,6 +110,8 @@ class LaCTLM(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.initializer_range = initializer_range
         self.apply(self._init_linear)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
 
     def _init_linear(self, module: nn.Module) -> None:
         """N(0, initializer_range) for Linear and Embedding weights, zero biases (LACT_SPEC.md §3.1)."""

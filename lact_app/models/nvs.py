@@ -19,6 +19,8 @@ c2w ``[B, V, 4, 4]`` OpenCV camera-to-world.
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -63,6 +65,8 @@ class NVSModel(nn.Module):
             mixing across views: a camera-only baseline).
         fast_weight: the LaCT layers' knobs (default: the reference's, :data:`NVS_FAST_WEIGHT`;
             ``inter_multi`` 2 = "ttt2x", 4 = "ttt4x").
+        qk_norm_eps: eps of the attention's q/k RMSNorms (None: the dtype's machine epsilon, as in
+            the official code and its released checkpoints).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class NVSModel(nn.Module):
         backbone: BackboneConfig = NVS_BACKBONE,
         memory: str = "lact",
         fast_weight: FastWeightConfig = NVS_FAST_WEIGHT,
+        qk_norm_eps: Optional[float] = 1e-6,
     ):
         super().__init__()
         if backbone.rope_theta is not None:
@@ -80,7 +85,8 @@ class NVSModel(nn.Module):
         channels = (RAY_CHANNELS + RGB_CHANNELS) * patch_size**2
         self.tokenizer = nn.Sequential(nn.Linear(channels, dim, bias=False), build_norm("layer", dim))
         self.blocks = nn.ModuleList(
-            NVSBlock(backbone, memory=memory, fast_weight=fast_weight) for _ in range(backbone.depth)
+            NVSBlock(backbone, memory=memory, fast_weight=fast_weight, qk_norm_eps=qk_norm_eps)
+            for _ in range(backbone.depth)
         )
         self.decoder = nn.Sequential(
             build_norm("layer", dim), nn.Linear(dim, RGB_CHANNELS * patch_size**2, bias=False), nn.Sigmoid()

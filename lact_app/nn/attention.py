@@ -81,7 +81,8 @@ class Attention(nn.Module):
         qk_norm: RMSNorm of q and k over each head dim (weights shared by heads).
         rope: rotary embedding applied to q and k (its head_dim must equal dim / num_heads).
         bias: biases on the qkv and out projections.
-        norm_eps: eps of the q/k norms.
+        norm_eps: eps of the q/k norms (None: torch's default, the dtype's machine epsilon, as
+            the official NVS code has it).
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         rope: Optional[RotaryEmbedding] = None,
         bias: bool = False,
-        norm_eps: float = 1e-6,
+        norm_eps: Optional[float] = 1e-6,
     ):
         super().__init__()
         if dim % num_heads:

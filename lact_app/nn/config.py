@@ -20,6 +20,11 @@ W_INITS = ("normal", "nvs", "low_rank")
 #: quintic repeated ``ns_steps`` times (NVS / video reference).
 NS_SCHEDULES = ("lm", "classic")
 
+#: Dtypes the Newton–Schulz iteration of Muon can run in: fp32 (this project's default), or bf16
+#: as the official LaCT code does (it casts inside its ``zeropower_via_newtonschulz5`` even in fp32
+#: runs; the released checkpoints' outputs need it).
+NS_DTYPES = ("float32", "bfloat16")
+
 #: What carries information across chunks / views in every task's mixer: the LaCT fast weights,
 #: softmax attention over everything earlier (the Transformer baseline), or nothing.
 MEMORIES = ("lact", "full_attention", "none")
@@ -54,6 +59,8 @@ class FastWeightConfig:
         ns_coeffs: Newton–Schulz schedule: ``"lm"`` (the reference LM 5-step schedule) or
             ``"classic"`` (the Muon quintic repeated ``ns_steps`` times).
         ns_steps: steps of the classic schedule.
+        ns_dtype: dtype the Newton–Schulz iteration runs in: ``"float32"`` (default, for training
+            here) or ``"bfloat16"`` (what the official code does; reproduces the released models).
         w_init: initial fast weights: ``"normal"`` (N(0, 1/D) for w0, w2; N(0, 1/H) for w1),
             ``"nvs"`` (the same × √2) or ``"low_rank"`` (w0, w2 = L·R + 0.5·I, LM reference).
         low_rank: rank r of the low-rank w0/w2.
@@ -69,6 +76,7 @@ class FastWeightConfig:
     use_muon: bool = False
     ns_coeffs: str = "lm"
     ns_steps: int = 5
+    ns_dtype: str = "float32"
     w_init: str = "normal"
     low_rank: int = 32
     init_gain: float = 0.5
@@ -82,6 +90,7 @@ class FastWeightConfig:
             ("base_lr", self.base_lr > 0, "> 0"),
             ("ns_coeffs", self.ns_coeffs in NS_SCHEDULES, f"one of {NS_SCHEDULES}"),
             ("ns_steps", self.ns_steps >= 1, ">= 1"),
+            ("ns_dtype", self.ns_dtype in NS_DTYPES, f"one of {NS_DTYPES}"),
             ("w_init", self.w_init in W_INITS, f"one of {W_INITS}"),
             ("low_rank", self.low_rank >= 1, ">= 1"),
             ("init_gain", self.init_gain > 0, "> 0"),

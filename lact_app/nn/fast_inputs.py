@@ -48,6 +48,7 @@ class FastWeightInputs(nn.Module):
         dim: n_h * D.
         num_heads: n_h.
         silu: apply silu to q, k and v.
+        v_silu: with ``silu``, apply it to v too (False: the official LM's ``no_v_silu``).
         qk_affine: learned per-channel scale (init 1) and offset (init 0) of q̂ and k̂, ``[dim, 2]``.
         rope: rotary embedding of q and k, or None (NoPE); its head_dim must divide D.
     """
@@ -58,6 +59,7 @@ class FastWeightInputs(nn.Module):
         num_heads: int,
         *,
         silu: bool = True,
+        v_silu: bool = True,
         qk_affine: bool = False,
         rope: Optional[RotaryEmbedding] = None,
     ):
@@ -66,7 +68,7 @@ class FastWeightInputs(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by fast_weight.heads {num_heads}")
         if rope is not None and (dim // num_heads) % rope.head_dim:
             raise ValueError(f"rope head_dim {rope.head_dim} must divide the fast-weight head dim {dim // num_heads}")
-        self.num_heads, self.silu, self.rope = num_heads, silu, rope
+        self.num_heads, self.silu, self.v_silu, self.rope = num_heads, silu, silu and v_silu, rope
         if qk_affine:
             self.qk_scale = nn.Parameter(torch.ones(dim, 2))
             self.qk_offset = nn.Parameter(torch.zeros(dim, 2))
@@ -84,7 +86,9 @@ class FastWeightInputs(nn.Module):
             q = q * self.qk_scale[:, 0] + self.qk_offset[:, 0]
             k = k * self.qk_scale[:, 1] + self.qk_offset[:, 1]
         if self.silu:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+            q, k = F.silu(q), F.silu(k)
+        if self.v_silu:
+            v = F.silu(v)
         q, k = self._l2_per_head(q), self._l2_per_head(k)
         if self.rope is not None:
             q, k = self._rotate(q, positions), self._rotate(k, positions)

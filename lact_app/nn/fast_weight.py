@@ -84,6 +84,8 @@ class FastWeightBranch(nn.Module):
             raise ValueError(f"fast_weight.inter_multi * head_dim must give a hidden width >= 1, got {self.hidden}")
         self.w_init, self.low_rank, self.init_gain = config.w_init, config.low_rank, config.init_gain
         self.use_muon, self.ns_coeffs = config.use_muon, resolve_ns_coeffs(config.ns_coeffs, config.ns_steps)
+        # "float32": no cast, the iteration runs in the state dtype (fp32, or fp64 in exactness tests)
+        self.ns_dtype = torch.bfloat16 if config.ns_dtype == "bfloat16" else None
         self.weight_norm, self.detach_norms, self.state_dtype = config.weight_norm, detach_norms, state_dtype
         n, h, d, r = config.heads, self.hidden, head_dim, config.low_rank
         if config.w_init == "low_rank":  # learned factors; the identity term is fixed (LM reference)
@@ -153,11 +155,12 @@ class FastWeightBranch(nn.Module):
             use_muon=self.use_muon,
             weight_norm=self.weight_norm,
             ns_coeffs=self.ns_coeffs,
+            ns_dtype=self.ns_dtype,
         )
         return merge_heads(o, n), state
 
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, hidden={self.hidden}, "
-            f"w_init={self.w_init!r}, use_muon={self.use_muon}, weight_norm={self.weight_norm}"
+            f"w_init={self.w_init!r}, use_muon={self.use_muon}, ns_dtype={self.ns_dtype}, weight_norm={self.weight_norm}"
         )

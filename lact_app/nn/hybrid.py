@@ -65,10 +65,18 @@ class HybridLaCTAttention(nn.Module):
         fast_weight: the LaCT branch's knobs (``chunk``, ``heads`` with D = d / heads a multiple
             of the attention head dim, …).
         fast_rope: RoPE on the fast q, k (the reference's default; False = its ``ttt_nope``).
+        fast_v_silu: silu on the fast v (the reference's default; False = its ``no_v_silu``).
     """
 
     def __init__(
-        self, backbone: BackboneConfig, *, window: int, memory: str, fast_weight: FastWeightConfig, fast_rope: bool
+        self,
+        backbone: BackboneConfig,
+        *,
+        window: int,
+        memory: str,
+        fast_weight: FastWeightConfig,
+        fast_rope: bool,
+        fast_v_silu: bool = True,
     ):
         super().__init__()
         check_memory(memory)
@@ -85,7 +93,7 @@ class HybridLaCTAttention(nn.Module):
         self.lact = None
         if memory == "lact":
             self.lact = LaCTLayer(dim, fast_weight, projections=False, qk_affine=True, gate="head",
-                                  rope=self.rope if fast_rope else None)  # fmt: skip
+                                  rope=self.rope if fast_rope else None, v_silu=fast_v_silu)  # fmt: skip
 
     def forward(self, h: torch.Tensor, cache: Optional[MixerCache] = None) -> tuple[torch.Tensor, Optional[MixerCache]]:
         """h: [B, L, dim] (normed layer input) -> y: [B, L, dim], and the advanced cache.

@@ -53,6 +53,7 @@ class LaCTLayer(nn.Module):
         projections: own qkv and output projections (Linear dim → 3·dim and dim → dim, no bias);
             False when the caller shares its attention's qkv and output projection.
         silu: silu on the fast q, k and v.
+        v_silu: with ``silu``, also on v (False: the official LM's ``no_v_silu``).
         qk_affine: learned per-channel scale/offset ``[dim, 2]`` on the fast q̂, k̂.
         gate: ``"none"``, ``"head"`` (silu(Linear(dim → n_h)) per head) or ``"token"``
             (silu(Linear(dim → 1)), zero-initialised: the layer starts switched off).
@@ -69,6 +70,7 @@ class LaCTLayer(nn.Module):
         *,
         projections: bool = True,
         silu: bool = True,
+        v_silu: bool = True,
         qk_affine: bool = False,
         gate: str = "none",
         norm_eps: float = 1e-5,
@@ -85,7 +87,7 @@ class LaCTLayer(nn.Module):
         head_dim = dim // heads
         self.chunk = config.chunk
         self.qkv = nn.Linear(dim, 3 * dim, bias=False) if projections else None
-        self.inputs = FastWeightInputs(dim, heads, silu=silu, qk_affine=qk_affine, rope=rope)
+        self.inputs = FastWeightInputs(dim, heads, silu=silu, v_silu=v_silu, qk_affine=qk_affine, rope=rope)
         self.lr_proj = LRProjection(dim, heads, config.base_lr)
         self.momentum_proj = MomentumProjection(dim, heads) if config.use_momentum else None
         self.branch = FastWeightBranch(head_dim, config, detach_norms=detach_norms, state_dtype=state_dtype)

@@ -128,13 +128,22 @@ class NVSBlock(nn.Module):
         backbone: width, attention heads (64-dim heads in the reference) and the GELU MLP's ratio.
         memory: cross-view mixer, ``"lact"``, ``"full_attention"`` or ``"none"``.
         fast_weight: the LaCT layer's knobs.
+        qk_norm_eps: eps of the per-view attention's q/k RMSNorms (None: the dtype's machine
+            epsilon, the official code's).
     """
 
-    def __init__(self, backbone: BackboneConfig, *, memory: str, fast_weight: FastWeightConfig):
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        *,
+        memory: str,
+        fast_weight: FastWeightConfig,
+        qk_norm_eps: Optional[float] = 1e-6,
+    ):
         super().__init__()
         dim, heads = backbone.dim, backbone.heads
         self.attn_norm, self.mixer_norm, self.mlp_norm = (build_norm("layer", dim) for _ in range(3))
-        self.attn = Attention(dim, heads, qk_norm=True)
+        self.attn = Attention(dim, heads, qk_norm=True, norm_eps=qk_norm_eps)
         self.mixer = build_mixer(memory, dim, heads, fast_weight)
         self.mlp = GELUMLP(dim, backbone.mlp_hidden(), bias=False)
 

@@ -88,10 +88,20 @@ def _with_momentum(
     return d02 + beta * fw.mom02, d1 + beta * fw.mom1
 
 
-def _orthogonalise(d02: torch.Tensor, d1: torch.Tensor, coeffs: Coeffs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Muon on Δw0, Δw2 and Δw1 separately, as one batched Newton–Schulz over [3B, H, D]."""
+def _orthogonalise(
+    d02: torch.Tensor, d1: torch.Tensor, coeffs: Coeffs, dtype: Optional[torch.dtype] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Muon on Δw0, Δw2 and Δw1 separately, as one batched Newton–Schulz over [3B, H, D].
+
+    With ``dtype`` (the official bf16 iteration) each update is orthogonalised in the official LM's
+    orientation (Δw0, Δw2: [H, D]; Δw1: [D, H]), which matters for rounding when H = D.
+    """
     B, two_h, D = d02.shape
     h = two_h // 2
+    if dtype is not None:
+        return newton_schulz(d02.reshape(2 * B, h, D), coeffs, dtype=dtype).reshape(B, two_h, D), newton_schulz(
+            d1, coeffs, dtype=dtype
+        )
     stacked = torch.cat([d02.reshape(2 * B, h, D), d1.mT], dim=0)
     out = newton_schulz(stacked, coeffs)
     return out[: 2 * B].reshape(B, two_h, D), out[2 * B :].mT
@@ -112,10 +122,13 @@ def update_fast_weights(
     weight_norm: bool = True,
     ns_coeffs: Coeffs = LM_NS_COEFFS,
     token_block: Optional[int] = None,
+    *,
+    ns_dtype: Optional[torch.dtype] = None,
 ) -> FastWeights:
     """One inner step on the tokens k, v: [B, n, D] with lr: [B, n, 3] (and momentum: [B, n, 1]).
 
     Order (LACT_SPEC.md §6.1 item 3): gradient → momentum → Muon → add → row renormalisation.
+    ``ns_dtype``: dtype of the Newton–Schulz iteration (None: the state dtype).
     """
     state_dtype = fw.w02.dtype
     d02, d1 = fast_weight_grads(fw, k, v, lr, token_block)
@@ -125,7 +138,7 @@ def update_fast_weights(
         d02, d1 = _with_momentum(fw, d02, d1, momentum)
         moments = {"mom02": d02, "mom1": d1}
     if use_muon:
-        d02, d1 = _orthogonalise(d02, d1, ns_coeffs)
+        d02, d1 = _orthogonalise(d02, d1, ns_coeffs, ns_dtype)
     w02 = (fw.w02 + d02).to(state_dtype)
     w1 = (fw.w1 + d1).to(state_dtype)
     if weight_norm:
@@ -160,6 +173,7 @@ def lact_swiglu(
     weight_norm: bool = True,
     *,
     ns_coeffs: Coeffs = LM_NS_COEFFS,
+    ns_dtype: Optional[torch.dtype] = None,
     token_block: Optional[int] = None,
 ) -> tuple[torch.Tensor, FastWeights]:
     """Run a schedule of fast-weight updates and applications over one sequence piece.
@@ -167,7 +181,8 @@ def lact_swiglu(
     fw: state from :meth:`FastWeights.from_initial` or a previous call; q, k, v: [B, L, D];
     lr: [B, L, 3] (positive); momentum: [B, L, 1] in (0, 1) or None; schedule: ops over [0, L).
     Returns o: [B, L, D] (zero where no op applies) and the state after the last op.
-    ``ns_coeffs``: Newton–Schulz schedule for Muon; ``token_block``: tokens per matmul block
+    ``ns_coeffs``: Newton–Schulz schedule for Muon; ``ns_dtype``: the dtype it runs in (None: the
+    state dtype; ``torch.bfloat16`` as the official code does); ``token_block``: tokens per matmul block
     (a speed knob only, see :func:`default_token_block`).
     """
     ops = validate_schedule(schedule, q.size(1))
@@ -177,7 +192,7 @@ def lact_swiglu(
             s = slice(op.start, op.end)
             mom = None if momentum is None else momentum[:, s]
             fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon=use_muon, weight_norm=weight_norm,
-                                     ns_coeffs=ns_coeffs, token_block=token_block)  # fmt: skip
+                                     ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, token_block=token_block)  # fmt: skip
         if op.apply:
             pieces.append((op.start, op.end, apply_fast_weights(fw, q[:, op.start : op.end], token_block)))
     return _assemble(pieces, q), fw
