@@ -67,11 +67,11 @@ def upgrade_video(hp: Hparams) -> None:
     hp["fast_weight"] = move(hp, {"fw_heads": "heads", "fw_inter_multi": "inter_multi", "fw_base_lr": "base_lr"})
 
 
-#: (old hyperparameter that identifies the task, hparams upgrade, parameter renames)
-LEGACY_TASKS: Sequence[tuple[str, Callable[[Hparams], None], Renames]] = (
-    ("num_lact_heads", upgrade_lm, LM_RENAMES),
-    ("muon_steps", upgrade_nvs, ()),
-    ("fw_heads", upgrade_video, VIDEO_RENAMES),
+#: (old hyperparameter that identifies the task, its class path, hparams upgrade, parameter renames)
+LEGACY_TASKS: Sequence[tuple[str, str, Callable[[Hparams], None], Renames]] = (
+    ("num_lact_heads", "tasks.lm.LMTask", upgrade_lm, LM_RENAMES),
+    ("muon_steps", "tasks.nvs.NVSTask", upgrade_nvs, ()),
+    ("fw_heads", "tasks.video.VideoTask", upgrade_video, VIDEO_RENAMES),
 )
 
 
@@ -86,13 +86,16 @@ def legacy_ema(checkpoint: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
 def upgrade_legacy(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """A pre-change checkpoint in the current layout (in place; also returned)."""
     hp = checkpoint["hyper_parameters"]
-    for marker, upgrade, renames in LEGACY_TASKS:
+    for marker, class_path, upgrade, renames in LEGACY_TASKS:
         if marker in hp:
             break
     else:
         raise ValueError("not a checkpoint of the old layout: its hyperparameters have none of "
-                         f"{[m for m, _, _ in LEGACY_TASKS]}")  # fmt: skip
+                         f"{[task[0] for task in LEGACY_TASKS]}")  # fmt: skip
     upgrade(hp)
+    # what LightningCLI saves beside the arguments, so `main.py test --ckpt_path` rebuilds the model
+    hp.setdefault("_class_path", class_path)
+    hp.setdefault("_instantiator", "lightning.pytorch.cli.instantiate_module")
     checkpoint["state_dict"] = rename_keys(checkpoint["state_dict"], renames)
     ema = legacy_ema(checkpoint)
     if ema is not None:

@@ -30,7 +30,10 @@ def convert(name: str, tmp_path) -> torch.nn.Module:
 
 
 def test_lm_checkpoint_computes_the_same_logits(tmp_path, outputs):
-    task = LMTask.load_from_checkpoint(convert("lm", tmp_path))
+    path = convert("lm", tmp_path)
+    # what LightningCLI saves beside the arguments, so `main.py test --ckpt_path` rebuilds the model
+    assert torch.load(path, weights_only=False)["hyper_parameters"]["_class_path"] == "tasks.lm.LMTask"
+    task = LMTask.load_from_checkpoint(path)
     hp = task.hparams
     assert hp.memory == "lact" and "num_lact_heads" not in hp and "branch" not in hp
     assert hp.backbone == {"dim": 32, "depth": 1, "heads": 2, "mlp_ratio": None, "rope_theta": 1e6}
