@@ -16,16 +16,13 @@ from safetensors.torch import load_file, save_file
 from tasks.convert import main as convert_main
 from tasks.convert_lm import OFFICIAL_DEFAULTS
 from tasks.lm import LMTask
-from tests.conftest import REPO_ROOT
+from tests.official_fixtures import by_name, load_cases
 
-FIXTURE = REPO_ROOT.parent / "shared/reference/official/lm_tiny.pt"
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="official reference outputs not available")
-CASES = torch.load(FIXTURE, weights_only=False) if FIXTURE.exists() else []
-NAMES = [c["name"] for c in CASES]
+CASES, NAMES, pytestmark = load_cases("lm_tiny.pt")
 
 
 def case(name: str) -> dict:
-    return next(c for c in CASES if c["name"] == name)
+    return by_name(CASES, name)
 
 
 def write_official(c: dict, folder, config=None, state=None):

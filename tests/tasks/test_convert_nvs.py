@@ -16,15 +16,13 @@ from tasks.convert import main as convert_main
 from tasks.convert_nvs import lr_channel_order
 from tasks.nvs import NVSTask
 from tests.conftest import REPO_ROOT
+from tests.official_fixtures import by_name, load_cases
 
-FIXTURE = REPO_ROOT.parent / "shared/reference/official/nvs_tiny.pt"
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="official reference outputs not available")
-CASES = torch.load(FIXTURE, weights_only=False) if FIXTURE.exists() else []
-NAMES = [c["name"] for c in CASES]
+CASES, NAMES, pytestmark = load_cases("nvs_tiny.pt")
 
 
 def case(name: str) -> dict:
-    return next(c for c in CASES if c["name"] == name)
+    return by_name(CASES, name)
 
 
 def write_official(c: dict, folder, config=None, state=None):
