@@ -82,7 +82,8 @@ def embedded_run(tmp_path_factory, toy_cache):
     args = nvs_args(root, toy_cache, "--trainer.max_steps=1000", "--data.init_args.batch_size=8",
                     "--data.init_args.samples_per_epoch=1600", "--model.init_args.lr=0.001",
                     "--model.init_args.warmup_steps=50", "--model.init_args.weight_decay=0.0",
-                    "--model.init_args.image_log_every_n_steps=100")
+                    "--model.init_args.image_log_every_n_steps=100",
+                    "--trainer.check_val_every_n_epoch=5")  # validate once, at step 1000 (5 × 200 steps)
     with pytest.MonkeyPatch.context() as mp:
         ckpt = fit(args, mp)
     return root, args, ckpt
