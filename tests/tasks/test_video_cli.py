@@ -102,7 +102,14 @@ def test_test_writes_continuation_curve(trained):
     assert curve["clips"] == 16 and curve["context_frames"] == 2 and len(curve["psnr_per_frame"]) == 6
     metrics = json.loads((folder / "test_metrics.json").read_text())
     assert {"test/loss", "test/loss_t0.50", "test/continuation_psnr", "test/continuation_ssim"} <= set(metrics)
-    assert metrics["test/continuation_psnr"] > 8
+    # better than predicting a constant grey for the same 16 clips (≈ 9.5 dB; the model: ≈ 11.6 dB)
+    import torch
+
+    from lact_app.metrics import psnr
+
+    clips = torch.cat([batch["video"][:, 2:] for _, batch in zip(range(2), tested.datamodule.test_dataloader())])
+    grey = psnr(torch.full_like(clips, 0.5).flatten(0, 1), clips.flatten(0, 1)).mean().item()
+    assert clips.shape[0] == curve["clips"] and metrics["test/continuation_psnr"] > grey + 0.5, grey
 
 
 @pytest.mark.timeout(300)
