@@ -34,6 +34,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from lact_app.callbacks.ema import EMA_CHECKPOINT_KEY, EMA_PREFIX, find_ema, swapped_weights
@@ -203,14 +204,16 @@ class LaCTTask(pl.LightningModule):
 
     def inference_weights(self, use_ema: bool = True) -> contextlib.AbstractContextManager:
         """The weights to generate / render with, as a context: the EMA of the trainer's
-        :class:`~lact_app.callbacks.ema.EMA` callback, else the EMA saved in the loaded checkpoint,
-        else (or with ``use_ema=False``) the raw weights."""
+        :class:`~lact_app.callbacks.ema.EMA` callback, else the EMA saved in the loaded checkpoint
+        (not while fitting: a run without the callback does not keep that EMA up to date), else
+        (or with ``use_ema=False``) the raw weights."""
         if not use_ema:
             return contextlib.nullcontext()
         callback = find_ema(self._trainer)
         if callback is not None:
             return callback.weights(self)
-        return swapped_weights(self, self.loaded_ema) if self.loaded_ema else contextlib.nullcontext()
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return swapped_weights(self, self.loaded_ema) if self.loaded_ema and not fitting else contextlib.nullcontext()
 
     # -- scale: sharding, checkpointing, compile ----------------------------------------------
 

@@ -2,9 +2,11 @@
 
 import io
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
@@ -145,3 +147,19 @@ def test_activation_checkpointing_recomputes_each_block_in_backward():
     task.model(torch.randn(5, 4)).sum().backward()
     assert len(calls) == 2  # the forward, then the recomputation in backward
     assert type(task.model[0]) is torch.nn.Sequential  # checkpointed in place: names unchanged
+
+
+def test_inference_weights_use_the_checkpoint_ema_except_while_fitting():
+    task = FastToy()
+    task.loaded_ema = {n: p.detach() + 1.0 for n, p in task.named_parameters()}
+    weight = task.fast.qkv.weight
+    raw = weight.detach().clone()
+    with task.inference_weights():  # no trainer: the checkpoint's EMA, restored on exit
+        assert torch.equal(weight, raw + 1.0)
+    assert torch.equal(weight, raw)
+    with task.inference_weights(use_ema=False):
+        assert torch.equal(weight, raw)
+    # fitting without an EMA callback: the loaded EMA is stale, so the live weights sample
+    task._trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), callbacks=[])
+    with task.inference_weights():
+        assert torch.equal(weight, raw)
