@@ -2,7 +2,11 @@
 
 Metrics come from summed token NLL, token and byte counts (all-reduced, so DDP/FSDP-correct):
 ``loss`` (nats per token), ``ppl = exp(loss)``, ``bpb = NLL / (ln 2 · bytes)``, exact for every
-tokenizer since each label's UTF-8 byte count is known. ``test`` also reports the loss by token
+tokenizer since each label's UTF-8 byte count is known. ``test`` also logs two trivial baselines over
+the same tokens and bytes: ``test/baseline/uniform_bpb`` (every token equally likely over the model's
+vocabulary: tokens · ln V nats) and ``test/baseline/unigram_bpb`` (each label's NLL under the token
+frequencies of the training labels, counted during ``fit`` into the ``unigram_counts`` buffer saved
+with the model, add-one smoothed). ``test`` also reports the loss by token
 position (the paper's main LM plot) as ``loss_by_position.json`` in the log folder and as a
 TensorBoard figure (matplotlib). ``predict`` continues prompts (see ``TextDataModule``) and writes them to
 ``<log_dir>/predictions/``.
@@ -29,20 +33,29 @@ from tasks.base import LaCTTask
 
 
 class TokenLoss(Metric):
-    """Summed NLL, tokens and bytes, overall and in ``num_buckets`` equal position buckets."""
+    """Summed NLL, tokens and bytes, overall and in ``num_buckets`` equal position buckets, and the
+    summed NLL of a unigram baseline over the same tokens.
+
+    Args:
+        num_buckets: equal position buckets of the loss-by-position curve.
+        vocab_size: V of the uniform baseline (``uniform_bpb``: tokens · ln V nats per byte); 0: none.
+    """
 
     full_state_update = False
 
-    def __init__(self, num_buckets: int = 16):
+    def __init__(self, num_buckets: int = 16, vocab_size: int = 0):
         super().__init__()
         self.num_buckets = num_buckets
-        for name, shape in (("nll", ()), ("tokens", ()), ("bytes", ()),
+        self.vocab_size = vocab_size
+        for name, shape in (("nll", ()), ("tokens", ()), ("bytes", ()), ("unigram_nll", ()),
                             ("bucket_nll", (num_buckets,)), ("bucket_tokens", (num_buckets,))):
             self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.seq_len = 0
 
-    def update(self, nll: torch.Tensor, mask: torch.Tensor, label_bytes: torch.Tensor) -> None:
-        """nll, mask, label_bytes: [N, T] (nll zero where mask is False)."""
+    def update(self, nll: torch.Tensor, mask: torch.Tensor, label_bytes: torch.Tensor,
+               unigram_nll: torch.Tensor | None = None) -> None:
+        """nll, mask, label_bytes: [N, T] (nll zero where mask is False); unigram_nll: [N, T], the
+        baseline's NLL of the same labels (zero where mask is False), or None."""
         T = nll.size(1)
         self.seq_len = T
         bucket = torch.arange(T, device=nll.device) * self.num_buckets // T
@@ -51,18 +64,25 @@ class TokenLoss(Metric):
         self.nll = self.nll + nll.double().sum()
         self.tokens = self.tokens + mask.sum()
         self.bytes = self.bytes + label_bytes.sum()
+        if unigram_nll is not None:
+            self.unigram_nll = self.unigram_nll + unigram_nll.double().sum()
         self.bucket_nll = self.bucket_nll.index_add(0, bucket, nll.double().sum(0))
         self.bucket_tokens = self.bucket_tokens.index_add(0, bucket, mask.double().sum(0))
 
     def compute(self) -> dict[str, torch.Tensor]:
         loss = self.nll / self.tokens.clamp(min=1)
-        return {
+        bits = math.log(2) * self.bytes.clamp(min=1)
+        metrics = {
             "loss": loss,
             "ppl": loss.exp(),
-            "bpb": self.nll / (math.log(2) * self.bytes.clamp(min=1)),
+            "bpb": self.nll / bits,
+            "unigram_bpb": self.unigram_nll / bits,
             "loss_by_position": self.bucket_nll / self.bucket_tokens.clamp(min=1),
             "tokens_by_position": self.bucket_tokens,
         }
+        if self.vocab_size:
+            metrics["uniform_bpb"] = self.tokens * math.log(self.vocab_size) / bits
+        return metrics
 
 
 def loss_by_position_figure(bucket_start: list[int], losses: list[float]) -> Figure:
@@ -123,7 +143,10 @@ class LMTask(LaCTTask):
             tie_embeddings=tie_embeddings, norm_eps=norm_eps, initializer_range=initializer_range,
         )  # fmt: skip
         self.val_metric = TokenLoss(position_buckets)
-        self.test_metric = TokenLoss(position_buckets)
+        self.test_metric = TokenLoss(position_buckets, vocab_size=vocab_size)
+        # Label counts of the training data (all ranks'), saved with the model: the unigram baseline.
+        # int64: exact, and left alone by precision casts of floating tensors.
+        self.register_buffer("unigram_counts", torch.zeros(vocab_size, dtype=torch.long))
 
     # -- hooks of the base ------------------------------------------------------------------------
 
@@ -158,7 +181,32 @@ class LMTask(LaCTTask):
 
     # -- steps --------------------------------------------------------------------------------------
 
+    def count_labels(self, labels: torch.Tensor) -> None:
+        """Adds the batch's labels (not ``IGNORE_INDEX``), summed over ranks, to ``unigram_counts``.
+        Every rank adds the same sum, so the buffer stays equal on all ranks (DDP broadcasts it)."""
+        counts = torch.bincount(labels[labels != IGNORE_INDEX].flatten(), minlength=self.unigram_counts.numel())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)  # V integers per step
+        self.unigram_counts += counts.to(self.unigram_counts)
+
+    def unigram_nll(self, labels: torch.Tensor) -> torch.Tensor:
+        """NLL [N, T] of each label under the add-one smoothed ``unigram_counts`` (zero on padding)."""
+        counts = self.unigram_counts.double() + 1
+        log_p = counts.log() - counts.sum().log()
+        mask = labels != IGNORE_INDEX
+        return torch.where(mask, -log_p[labels.clamp(min=0)], 0.0)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint saved before the unigram counts existed loads with zero counts: its
+        ``unigram_bpb`` is then the uniform baseline (add-one smoothing of no counts)."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if state is not None and "unigram_counts" not in state:
+            state["unigram_counts"] = torch.zeros_like(self.unigram_counts)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            self.count_labels(batch["labels"])
         nll, mask = self.token_nll(batch)
         loss = nll.sum() / mask.sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, batch_size=mask.size(0))
@@ -169,13 +217,15 @@ class LMTask(LaCTTask):
         self.val_metric.update(*self.token_nll(batch), batch["label_bytes"])
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.test_metric.update(*self.token_nll(batch), batch["label_bytes"])
+        self.test_metric.update(*self.token_nll(batch), batch["label_bytes"], self.unigram_nll(batch["labels"]))
 
     def on_validation_epoch_end(self) -> None:
         self.log_summary("val", self.val_metric)
 
     def on_test_epoch_end(self) -> None:
         metrics = self.log_summary("test", self.test_metric)
+        for key in ("uniform_bpb", "unigram_bpb"):
+            self.log(f"test/baseline/{key}", metrics[key].float(), sync_dist=True)
         self.report_loss_by_position(metrics)
 
     def log_summary(self, stage: str, metric: TokenLoss) -> dict[str, torch.Tensor]:

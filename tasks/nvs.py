@@ -3,6 +3,10 @@
 Batches come from ``datamodules.nvs.NVSDataModule``: ``input_images [B, V_in, 3, H, W]`` in [0, 1],
 ``input_intrinsics [B, V_in, 4]``, ``input_c2w [B, V_in, 4, 4]``, the same for ``target_*``, and
 ``key`` (scene names); predict batches add ``path_intrinsics`` / ``path_c2w`` (a camera path).
+
+``test`` logs ``test/psnr``, ``test/ssim``, ``test/lpips`` and, on the same target views, the PSNR of
+trivial baselines: ``test/baseline/white_psnr`` (an all-white render) and
+``test/baseline/mean_input_psnr`` (each target = the mean of its scene's input views).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lact_app.media import encode_gif, encode_mp4, to_uint8_frames
-from lact_app.metrics import LPIPS, ImageMetrics, psnr
+from lact_app.metrics import LPIPS, ImageMetrics, NVSBaselines, psnr
 from lact_app.models.nvs import NVS_BACKBONE, NVS_FAST_WEIGHT, NVSModel
 from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
@@ -69,6 +73,7 @@ class NVSTask(LaCTTask):
         self.lpips = LPIPS(lpips_backbone)  # a plain object: never in checkpoints or optimizers
         self.val_metrics = ImageMetrics(self.lpips)
         self.test_metrics = ImageMetrics(self.lpips)
+        self.test_baselines = NVSBaselines()
 
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
@@ -126,7 +131,7 @@ class NVSTask(LaCTTask):
         metrics.update(pred.flatten(0, 1), batch["target_images"].flatten(0, 1))
         return pred
 
-    def _log_metrics(self, stage: str, metrics: ImageMetrics) -> None:
+    def _log_metrics(self, stage: str, metrics: ImageMetrics | NVSBaselines) -> None:
         values = metrics.compute()  # torchmetrics syncs across ranks
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
         metrics.reset()
@@ -141,9 +146,11 @@ class NVSTask(LaCTTask):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics)
+        self.test_baselines.update(batch["input_images"], batch["target_images"])
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
+        self._log_metrics("test/baseline", self.test_baselines)
 
     # -- prediction -------------------------------------------------------------------------------
 

@@ -7,7 +7,10 @@ Metrics: ``train/loss`` (the training objective); ``val/loss`` and ``test/loss``
 flow-matching loss at the fixed timesteps ``eval_timesteps`` with deterministic noise (plus
 ``…/loss_t0.50`` per timestep); in ``test`` also continuation — given the first ``context_frames``
 frames (a datamodule argument) the model generates the rest of the clip, scored by PSNR/SSIM per
-future frame (``test_continuation.json`` in the log folder) and by FVD when a local I3D is given.
+future frame (``test_continuation.json`` in the log folder) and by FVD when a local I3D is given,
+next to trivial baselines scored the same way on the same frames: ``test/baseline/copy_last_psnr``
+/ ``_ssim`` (every future frame = the last context frame) and ``test/baseline/mean_context_psnr`` /
+``_ssim`` (every future frame = the mean context frame).
 ``predict`` writes an mp4 and a GIF per clip into ``<log_dir>/predictions/``; TensorBoard gets
 generated clips as GIFs every ``sample_every_n_steps`` steps and a continuation GIF per validation.
 Sampling uses the EMA weights when an :class:`~lact_app.callbacks.ema.EMA` callback is configured.
@@ -27,7 +30,7 @@ from lact_app.models.codec import FrameCodec
 from lact_app.models.video import VIDEO_BACKBONE, VIDEO_FAST_WEIGHT, VideoDiffusionModel
 from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
-from tasks.video_metrics import ContinuationCurve, FrechetVideoDistance
+from tasks.video_metrics import BASELINES, ContinuationCurve, FrechetVideoDistance, baseline_continuations
 
 #: Seed of the deterministic evaluation noise (offset by batch index and rank).
 EVAL_SEED = 1234
@@ -98,6 +101,7 @@ class VideoTask(LaCTTask):
             logit_normal_weighting=logit_normal_weighting,
         )  # fmt: skip
         self.continuation = ContinuationCurve()
+        self.baselines = nn.ModuleDict({name: ContinuationCurve() for name in BASELINES})  # no persistent state
         self.fvd = FrechetVideoDistance(fvd_detector)
 
     # -- LaCTTask hooks ---------------------------------------------------------------------------
@@ -139,18 +143,26 @@ class VideoTask(LaCTTask):
         video, c = batch["video"], self.context_frames()
         generated = self.continue_clips(video, batch.get("cond"), batch_idx)
         self.continuation.update(generated[:, c:], video[:, c:])
+        for name, frames in baseline_continuations(video[:, :c], video.size(1) - c).items():
+            self.baselines[name].update(frames, video[:, c:])
         if self.fvd.available:
             self.fvd.update(video, generated)
 
     def on_test_epoch_start(self) -> None:
         # Sized here, so that a rank without a test batch still holds a curve to reduce.
-        self.continuation.set_frames(self.trainer.datamodule.num_frames - self.context_frames())
+        future = self.trainer.datamodule.num_frames - self.context_frames()
+        for curve in (self.continuation, *self.baselines.values()):
+            curve.set_frames(future)
         self.fvd.reset()
 
     def on_test_epoch_end(self) -> None:
         result = self.continuation.compute()  # computed from the states summed over ranks
         self.log("test/continuation_psnr", result["psnr"], sync_dist=False)
         self.log("test/continuation_ssim", result["ssim"], sync_dist=False)
+        result["baselines"] = {name: curve.compute() for name, curve in self.baselines.items()}
+        for name, baseline in result["baselines"].items():
+            self.log(f"test/baseline/{name}_psnr", baseline["psnr"], sync_dist=False)
+            self.log(f"test/baseline/{name}_ssim", baseline["ssim"], sync_dist=False)
         if self.fvd.available:
             result["fvd"] = self.fvd.compute()
             self.log("test/fvd", result["fvd"])

@@ -69,6 +69,19 @@ class ContinuationCurve(Metric):
                 "psnr_per_frame": curve[0].tolist(), "ssim_per_frame": curve[1].tolist()}
 
 
+#: Trivial continuations scored like the model's (``test/baseline/<name>_psnr`` / ``_ssim``).
+BASELINES = ("copy_last", "mean_context")
+
+
+def baseline_continuations(context: torch.Tensor, future_frames: int) -> dict[str, torch.Tensor]:
+    """The trivial continuations of clips from their context frames [B, C, 3, H, W]:
+    ``copy_last`` (every future frame = the last context frame) and ``mean_context`` (every future
+    frame = the mean of the context frames).  -> {name: [B, future_frames, 3, H, W]}."""
+    shape = (context.size(0), future_frames, *context.shape[2:])
+    return {"copy_last": context[:, -1:].expand(shape),
+            "mean_context": context.float().mean(1, keepdim=True).expand(shape)}
+
+
 class I3DFeatures:
     """A local TorchScript video feature extractor, called the StyleGAN-V way:
     ``detector(x, rescale=False, resize=True, return_features=True)`` on ``x: [N, 3, T, H, W]``

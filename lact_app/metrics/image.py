@@ -1,4 +1,5 @@
-"""PSNR per image (then averaged), SSIM and LPIPS over an evaluation, DDP-correct (torchmetrics)."""
+"""PSNR per image (then averaged), SSIM and LPIPS over an evaluation, DDP-correct (torchmetrics), and the
+PSNR of trivial NVS baselines scored the same way."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class ImageMetrics(MetricCollection):
 
     def __init__(self, lpips: LPIPS | None = None):
         super().__init__({
-            "psnr": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
+            "psnr": per_image_psnr(),
             "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
             "lpips": MeanLPIPS(lpips),
         }, compute_groups=False)
@@ -72,3 +73,25 @@ class ImageMetrics(MetricCollection):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: [N, 3, H, W] in [0, 1] (predictions are clamped to it)."""
         super().update(pred.float().clamp(0, 1), target.float())
+
+
+def per_image_psnr() -> PeakSignalNoiseRatio:
+    """PSNR of each image, then the mean over all images (all ranks'): ``ImageMetrics``' PSNR."""
+    return PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+
+
+class NVSBaselines(MetricCollection):
+    """PSNR of trivial renders of the target views, per image then averaged like ``ImageMetrics``:
+    ``compute()`` -> {"white_psnr": an all-white render of each target, "mean_input_psnr": each
+    target = the mean of its scene's input views}."""
+
+    def __init__(self):
+        super().__init__({"white_psnr": per_image_psnr(), "mean_input_psnr": per_image_psnr()},
+                         compute_groups=False)
+
+    def update(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """inputs: [B, V_in, 3, H, W], targets: [B, V, 3, H, W], in [0, 1]."""
+        target = targets.float().flatten(0, 1)
+        mean_input = inputs.float().mean(1, keepdim=True).expand_as(targets).flatten(0, 1)
+        self["white_psnr"].update(torch.ones_like(target), target)
+        self["mean_input_psnr"].update(mean_input, target)

@@ -88,6 +88,12 @@ def test_cli_fit_test_predict_on_embedded_data(tiny_yaml):
     assert set(run["metrics"]) >= {"test/loss", "test/ppl", "test/bpb"}
     assert run["metrics"]["test/ppl"] == pytest.approx(math.exp(run["metrics"]["test/loss"]), rel=1e-4)
     assert 7.0 < run["metrics"]["test/bpb"] < 9.0  # ≈ log2(258) after two steps
+    # baselines over the same tokens and bytes: one byte per token but for the end-of-text tokens
+    uniform, unigram = run["metrics"]["test/baseline/uniform_bpb"], run["metrics"]["test/baseline/unigram_bpb"]
+    print(f"LM test: bpb {run['metrics']['test/bpb']:.3f}, uniform {uniform:.3f}, unigram {unigram:.3f}")
+    assert math.log2(258) - 1e-9 <= uniform < 1.05 * math.log2(258) and unigram < uniform
+    counts = torch.load(run["last"], map_location="cpu", weights_only=False)["state_dict"]["unigram_counts"]
+    assert counts.dtype == torch.long and 0 < counts.sum() <= 2 * 2 * 48  # two steps of 2 × 48 labels
     assert len(run["positions"]["loss"]) == 4 and run["positions"]["seq_len"] == 48
     assert "test/loss_by_position" in run["images"]
     assert [g["prompt"] for g in run["generations"]] == ["def main():\n", "import"]
@@ -223,3 +229,42 @@ def test_fsdp2_two_processes_fit_and_resume(tiny_yaml, tmp_path):
     assert last.is_dir()
     run_main("fit", *args, "--trainer.max_steps=3", "--seed_everything=1", "--ckpt_path", str(last), timeout=240)
     assert_resumed_one_step(load_checkpoint(last), load_checkpoint(_last_checkpoint(tmp_path, 1)))
+
+
+def test_token_loss_baselines_have_known_answers():
+    """Uniform: tokens · ln V nats over the bytes, i.e. log2(V) · tokens / bytes bits per byte;
+    unigram: the summed NLL it is given, over the same bytes."""
+    metric = TokenLoss(num_buckets=2, vocab_size=258)
+    nll = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    label_bytes = torch.tensor([[1, 2, 1, 0]])
+    metric.update(nll, mask, label_bytes, unigram_nll=torch.tensor([[0.5, 0.5, 1.0, 0.0]]))
+    out = metric.compute()
+    assert out["uniform_bpb"].item() == pytest.approx(math.log2(258) * 3 / 4, rel=1e-12)
+    assert out["unigram_bpb"].item() == pytest.approx(2.0 / (math.log(2) * 4), rel=1e-12)
+    assert "uniform_bpb" not in TokenLoss(num_buckets=2).compute()  # no vocabulary given: no uniform baseline
+
+
+def tiny_lm(vocab_size: int = 4) -> LMTask:
+    return LMTask(vocab_size=vocab_size, backbone=BackboneConfig(dim=16, depth=1, heads=2, mlp_ratio=None),
+                  window=8, fast_weight=FastWeightConfig(chunk=8, heads=2))
+
+
+def test_unigram_counts_training_labels_and_scores_add_one_smoothed():
+    task = tiny_lm(vocab_size=4)
+    task.count_labels(torch.tensor([[0, 0, 1, -100], [0, 2, -100, -100]]))  # IGNORE_INDEX is not counted
+    task.count_labels(torch.tensor([[0, 1]]))
+    assert task.unigram_counts.tolist() == [4, 2, 1, 0]
+    # add-one: p = (5, 3, 2, 1) / 11
+    nll = task.unigram_nll(torch.tensor([[0, 3, -100]]))
+    torch.testing.assert_close(nll, torch.tensor([[math.log(11 / 5), math.log(11), 0.0]], dtype=torch.float64))
+    # saved with the model; a checkpoint from before the buffer loads strictly, with no counts
+    state = task.state_dict()
+    assert state["unigram_counts"].tolist() == [4, 2, 1, 0]
+    old = {"state_dict": {k: v for k, v in state.items() if k != "unigram_counts"}}
+    fresh = tiny_lm(vocab_size=4)
+    fresh.unigram_counts += 7
+    fresh.on_load_checkpoint(old)
+    fresh.load_state_dict(old["state_dict"], strict=True)
+    assert fresh.unigram_counts.tolist() == [0, 0, 0, 0]  # unigram baseline = uniform then
+    torch.testing.assert_close(fresh.unigram_nll(torch.tensor([[1]])), torch.tensor([[math.log(4)]], dtype=torch.float64))

@@ -105,9 +105,13 @@ def embedded_test(embedded_run):
 @pytest.mark.timeout(1200)
 def test_test_writes_metrics_and_beats_the_constant_background(embedded_test):
     metrics, baselines = embedded_test
-    assert set(metrics) == {"test/psnr", "test/ssim", "test/lpips"}
+    assert set(metrics) == {"test/psnr", "test/ssim", "test/lpips", "test/baseline/white_psnr",
+                            "test/baseline/mean_input_psnr"}
     assert metrics["test/lpips"] is None  # no local VGG weights: reported unavailable, never downloaded
     assert metrics["test/psnr"] > baselines["white"]
+    # the logged baselines are those computed here by hand on the same held-back scenes
+    assert metrics["test/baseline/white_psnr"] == pytest.approx(baselines["white"], rel=1e-4)
+    assert metrics["test/baseline/mean_input_psnr"] == pytest.approx(baselines["mean_inputs"], rel=1e-4)
 
 
 @pytest.mark.timeout(1200)

@@ -107,9 +107,17 @@ def test_test_writes_continuation_curve(trained):
 
     from lact_app.metrics import psnr
 
-    clips = torch.cat([batch["video"][:, 2:] for _, batch in zip(range(2), tested.datamodule.test_dataloader())])
+    videos = torch.cat([batch["video"] for _, batch in zip(range(2), tested.datamodule.test_dataloader())])
+    clips = videos[:, 2:]
     grey = psnr(torch.full_like(clips, 0.5).flatten(0, 1), clips.flatten(0, 1)).mean().item()
     assert clips.shape[0] == curve["clips"] and metrics["test/continuation_psnr"] > grey + 0.5, grey
+    # the trivial baselines, on the same future frames of the same clips
+    baselines = {f"test/baseline/{name}_{m}" for name in ("copy_last", "mean_context") for m in ("psnr", "ssim")}
+    assert baselines <= set(metrics) and set(curve["baselines"]) == {"copy_last", "mean_context"}
+    copy_last = psnr(videos[:, 1:2].expand_as(clips).flatten(0, 1), clips.flatten(0, 1)).mean().item()
+    assert metrics["test/baseline/copy_last_psnr"] == pytest.approx(copy_last, rel=1e-4)
+    assert curve["baselines"]["copy_last"]["psnr"] == pytest.approx(copy_last, rel=1e-4)
+    print("video test: continuation", {k: round(v, 3) for k, v in metrics.items() if "continuation" in k or "baseline" in k})
 
 
 @pytest.mark.timeout(300)

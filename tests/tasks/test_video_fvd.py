@@ -4,6 +4,7 @@ sets, reduction over ranks (torchmetrics' sync, with a simulated second rank), a
 detector reported unavailable. The continuation curve: per-frame PSNR/SSIM, reduced over ranks."""
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from lact_app.metrics import psnr
-from tasks.video_metrics import ContinuationCurve, FrechetVideoDistance
+from tasks.video_metrics import ContinuationCurve, FrechetVideoDistance, baseline_continuations
 
 
 class PooledFeatures(nn.Module):
@@ -119,3 +120,29 @@ def test_continuation_curve_per_frame_and_over_ranks():
     assert rank0.compute() == result
     with pytest.raises(ValueError, match="clips have 4 future frames, the curve 2"):
         ContinuationCurve(frames=2).update(fake, real)
+
+
+def test_baseline_continuations_have_known_scores():
+    """Copy-last on clips whose future is their last context frame is perfect (PSNR at its 1e-10
+    MSE floor, 100 dB; SSIM ≈ 1); the mean context frame of context frames 0.2 and 0.6 is 0.4 away
+    from 0.6 by 0.2 everywhere: 20·log10(1/0.2) ≈ 13.98 dB."""
+    context = torch.stack([torch.full((2, 3, 16, 16), 0.2), torch.full((2, 3, 16, 16), 0.6)], dim=1)
+    future = torch.full((2, 5, 3, 16, 16), 0.6)
+    baselines = baseline_continuations(context, 5)
+    assert set(baselines) == {"copy_last", "mean_context"}
+    assert all(b.shape == future.shape for b in baselines.values())
+    torch.testing.assert_close(baselines["mean_context"], torch.full_like(future, 0.4))
+    scores = {}
+    for name, frames in baselines.items():
+        curve = ContinuationCurve(frames=5)
+        curve.update(frames, future)
+        scores[name] = curve.compute()
+    assert scores["copy_last"]["psnr"] == pytest.approx(100.0) and scores["copy_last"]["ssim"] == pytest.approx(1.0, abs=1e-3)
+    assert scores["mean_context"]["psnr"] == pytest.approx(20 * math.log10(1 / 0.2), rel=1e-5)
+    assert scores["mean_context"]["ssim"] < 1.0 and scores["mean_context"]["clips"] == 2
+    # a moving clip: copy-last is the exact last context frame, mean-context the frames' average
+    torch.manual_seed(0)
+    context = torch.rand(3, 4, 3, 8, 8)
+    baselines = baseline_continuations(context, 2)
+    torch.testing.assert_close(baselines["copy_last"], context[:, 3:].expand(3, 2, 3, 8, 8))
+    torch.testing.assert_close(baselines["mean_context"][:, 1], context.mean(1))
