@@ -55,12 +55,14 @@ def naive_lact_swiglu(
 
     Returns o: [B, L, D] and the final [w0, w1, w2]. The lr of token t for weight j is lr[:, t, j].
     """
-    weights = [w.float() for w in (w0, w1, w2)]
+    weights = initial = [w.float() for w in (w0, w1, w2)]
     init_norms = [w.norm(dim=-1, keepdim=True) for w in weights]
     buffers: list[Optional[torch.Tensor]] = [None, None, None]
     o = torch.zeros_like(q, dtype=torch.float32)
     for op in schedule:
         span = slice(op.start, op.end)
+        if op.reset:
+            weights, buffers = initial, [None, None, None]
         if op.update:
             steps = _inner_step(weights, k[:, span].float(), v[:, span].float(), lr[:, span].float())
             if momentum is not None:

@@ -3,7 +3,9 @@
 A schedule is a sequence of :class:`Op`. Each op covers the token range ``[start, end)``; when
 ``update`` is set the fast weights take one step on those tokens' keys/values, when ``apply`` is set
 the (possibly just updated) fast weights are applied to those tokens' queries. An op with both flags
-updates first, then applies ("update-then-apply", LACT_SPEC.md §1.9(c)).
+updates first, then applies ("update-then-apply", LACT_SPEC.md §1.9(c)). An op with ``reset`` first
+returns the state to the one the call started from (fresh fast weights, no momentum, for a new packed
+document).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Op(NamedTuple):
     end: int
     update: bool
     apply: bool
+    reset: bool = False
 
 
 def causal_schedule(L: int, chunk: int, update_last: bool = True) -> list[Op]:

@@ -180,14 +180,17 @@ def lact_swiglu(
 
     fw: state from :meth:`FastWeights.from_initial` or a previous call; q, k, v: [B, L, D];
     lr: [B, L, 3] (positive); momentum: [B, L, 1] in (0, 1) or None; schedule: ops over [0, L).
-    Returns o: [B, L, D] (zero where no op applies) and the state after the last op.
+    Returns o: [B, L, D] (zero where no op applies) and the state after the last op. An op with
+    ``reset`` restarts from ``fw`` as given (packed documents: each starts from the initial weights).
     ``ns_coeffs``: Newton–Schulz schedule for Muon; ``ns_dtype``: the dtype it runs in (None: the
     state dtype; ``torch.bfloat16`` as the official code does); ``token_block``: tokens per matmul block
     (a speed knob only, see :func:`default_token_block`).
     """
     ops = validate_schedule(schedule, q.size(1))
-    pieces = []
+    pieces, initial = [], fw
     for op in ops:
+        if op.reset:
+            fw = initial
         if op.update:
             s = slice(op.start, op.end)
             mom = None if momentum is None else momentum[:, s]

@@ -30,6 +30,9 @@ def schedules(L):
         # video: apply W0 to N0, then per clean chunk update-then-apply, and apply to the next noisy chunk.
         "interleaved": [Op(0, 4, False, True), Op(4, 8, True, True), Op(8, 12, False, True),
                         Op(12, L, True, True)] if L > 12 else [Op(0, L, True, True)],
+        # packed documents: a second document starts at `half` from the initial state.
+        "packed": causal_schedule(half, 4) + [op._replace(start=op.start + half, end=op.end + half, reset=i == 0)
+                                              for i, op in enumerate(causal_schedule(L - half, 4))],
     }
 
 
@@ -37,7 +40,7 @@ FLAGS = list(itertools.product([False, True], repeat=3))  # momentum, muon, weig
 
 
 @pytest.mark.parametrize("L", [37, 10])
-@pytest.mark.parametrize("name", ["causal", "causal_train", "bidirectional", "nvs", "interleaved"])
+@pytest.mark.parametrize("name", ["causal", "causal_train", "bidirectional", "nvs", "interleaved", "packed"])
 @pytest.mark.parametrize("momentum,use_muon,weight_norm", FLAGS)
 def test_fast_path_equals_naive_reference(L, name, momentum, use_muon, weight_norm):
     t = make_inputs(B=3, L=L, D=60, H=100, momentum=momentum)

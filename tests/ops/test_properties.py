@@ -153,3 +153,15 @@ def test_newton_schulz_orthogonalises_and_commutes_with_transpose():
     s = torch.linalg.svdvals(x)
     assert s.min() > 0.6 and s.max() < 1.25  # the quintic's band, not exact orthogonality
     torch.testing.assert_close(newton_schulz(g.mT), x.mT)
+
+
+@pytest.mark.parametrize("use_muon", [False, True])
+def test_reset_starts_a_document_afresh(use_muon):
+    """A reset op makes the second document's output exactly its solo run, momentum included."""
+    t = make_inputs(B=2, L=40, D=20, H=36, momentum=True)
+    first = causal_schedule(24, 8)
+    second = [op._replace(start=op.start + 24, end=op.end + 24, reset=i == 0)
+              for i, op in enumerate(causal_schedule(16, 8))]
+    o, _ = run(t, first + second, use_muon=use_muon)
+    solo, _ = run(t, causal_schedule(16, 8), span=slice(24, 40), use_muon=use_muon)
+    assert torch.equal(o[:, 24:], solo)
