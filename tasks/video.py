@@ -177,7 +177,7 @@ class VideoTask(LaCTTask):
         when they are 0) to ``predict_frames`` frames; writes ``<idx>.mp4`` and ``<idx>.gif``."""
         data, video = self.trainer.datamodule, batch["video"]
         context = video[:, : data.context_frames] if data.context_frames else None
-        frames = self.generate(data.predict_frames, video.size(0), context, batch.get("cond"),
+        frames = self.generate(data.predict_frames, video.size(0), context, cond=batch.get("cond"),
                                seed=EVAL_SEED + batch_idx)
         folder = self.predictions_dir()
         for i, clip in enumerate(frames):
@@ -189,29 +189,21 @@ class VideoTask(LaCTTask):
     # -- sampling ---------------------------------------------------------------------------------
 
     def generate(
-        self,
-        num_frames: int,
-        batch_size: int = 1,
-        context: torch.Tensor | None = None,
-        cond: torch.Tensor | None = None,
-        num_steps: int | None = None,
-        cfg_scale: float | None = None,
-        seed: int | None = None,
-        use_ema: bool = True,
+        self, num_frames: int, batch_size: int = 1, context: torch.Tensor | None = None, *, use_ema: bool = True,
+        **sampling: Any,
     ) -> torch.Tensor:
         """:meth:`VideoDiffusionModel.generate <lact_app.models.video.VideoDiffusionModel.generate>` with
-        this task's defaults (``sampling_steps``, ``cfg_scale``, the training ``frame_size``) and the
-        EMA weights when the run kept an EMA (the trainer's callback, or the checkpoint's), unless
-        ``use_ema`` is False.  -> [B, num_frames, 3, H, W] in [0, 1].
+        this task's defaults and the EMA weights when the run kept an EMA (the trainer's callback, or
+        the checkpoint's), unless ``use_ema`` is False.  -> [B, num_frames, 3, H, W] in [0, 1].
+
+        ``sampling``: the model's other keyword arguments (``cond``, ``num_steps``, ``cfg_scale``,
+        ``seed``, ``frame_size``, ``sample_shift``); unset ones default to this task's
+        ``sampling_steps``, ``cfg_scale`` and training ``frame_size``.
         """
         hp = self.hparams
+        defaults = {"num_steps": hp.sampling_steps, "cfg_scale": hp.cfg_scale, "frame_size": self.frame_size()}
         with self.inference_weights(use_ema):
-            return self.model.generate(
-                num_frames, batch_size, context, cond,
-                num_steps=hp.sampling_steps if num_steps is None else num_steps,
-                cfg_scale=hp.cfg_scale if cfg_scale is None else cfg_scale,
-                seed=seed, frame_size=self.frame_size(),
-            )  # fmt: skip
+            return self.model.generate(num_frames, batch_size, context, **(defaults | sampling))
 
     def continue_clips(self, video: torch.Tensor, cond: torch.Tensor | None, batch_idx: int) -> torch.Tensor:
         """The clips regenerated from their first ``context_frames`` frames.  -> like ``video``."""
