@@ -33,3 +33,12 @@ def test_lm_bench_builds_the_config_model_and_counts_its_cache():
                    if isinstance(t, torch.Tensor))  # fmt: skip
     assert cache_mib(cache) * 2**20 == expected
     assert cache[0].keys.size(2) == args["window"] - 1 and cache[0].pending.k.size(1) == 600 - 512
+
+
+def test_ns_sensitivity_accounting_with_our_op_standing_in_for_the_official():
+    from bench.ns_sensitivity import measure, ours
+
+    row = measure(0, lambda t, bf16: ours(t, torch.bfloat16 if bf16 else None))
+    assert row["ours_vs_official_fp32"] == row["ours_vs_official_bf16"] == 0
+    assert row["official_noise"] == row["ours_noise"] > 0  # 1e-7 on q, k, v moves the bf16 output
+    assert row["official_noise_of_gap"] == row["official_noise"] / row["gap"]
