@@ -1,0 +1,1 @@
+"""Chunk size: large chunks make the fast-weight op hardware-efficient (the paper's central point)."""

@@ -1,0 +1,77 @@
+"""Sweep the LaCT chunk at a fixed sequence length and training budget: throughput and bpb.
+
+    python -m experiments.chunk_size [--quick] [--out DIR]
+
+Rows ``{chunk, tokens_per_s, gflops, fraction_of_peak, bpb}``: ``gflops`` / ``fraction_of_peak`` are
+the fast-weight op's own forward + backward rate at the model's head sizes (``bench.ttt``'s
+accounting, against this machine's fp32 matmul peak measured in the same run); ``tokens_per_s`` is
+whole-model training throughput; ``bpb`` the held-out tinyshakespeare bits per byte after the
+same number of training tokens. The attention window stays fixed, so only the update granularity
+changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from bench.common import matmul_peak_gflops, median_seconds
+from bench.ttt import Setting, op_runner
+from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, prepare_corpus, run_lm
+from experiments.common import save_figure, workspace, write_results
+
+HERE = Path(__file__).resolve().parent
+QUICK = (Budget(steps=12, seq_len=256, batch_size=2, model=QUICK_MODEL), [16, 64, 256])
+FULL = (Budget(steps=60, seq_len=2048, batch_size=2, model=FULL_MODEL), [16, 64, 256, 1024])
+
+
+def op_rate(seq_len: int, chunk: int, heads: int, head_dim: int, peak: float) -> dict[str, float]:
+    """The op's forward + backward GFLOP/s at one chunk size (3× the forward FLOPs, as bench.ttt)."""
+    setting = Setting(seq_len, chunk, heads=heads, head_dim=head_dim, inter_multi=1)
+    seconds = median_seconds(op_runner(setting, backward=True), repeats=3, warmup=1)
+    gflops = 3 * setting.op_flops() / seconds / 1e9
+    return {"gflops": gflops, "fraction_of_peak": gflops / peak}
+
+
+def plot(rows: list[dict], out: Path) -> Path:
+    fig, (ax_rate, ax_bpb) = figure(2)
+    chunks = [r["chunk"] for r in rows]
+    ax_rate.plot(chunks, [r["fraction_of_peak"] for r in rows], "o-", label="op fwd+bwd, fraction of peak")
+    ax_rate.set_xscale("log", base=2)
+    ax_rate.set_yscale("log")
+    ax_rate.set_xlabel("LaCT chunk (tokens)")
+    ax_rate.set_ylabel("fraction of fp32 matmul peak")
+    twin = ax_rate.twinx()
+    twin.plot(chunks, [r["tokens_per_s"] for r in rows], "s--", color="tab:orange", label="training tokens/s")
+    twin.set_ylabel("training tokens/s")
+    ax_rate.set_title("throughput vs chunk")
+    ax_bpb.plot(chunks, [r["bpb"] for r in rows], "o-")
+    ax_bpb.set_xscale("log", base=2)
+    ax_bpb.set_xlabel("LaCT chunk (tokens)")
+    ax_bpb.set_ylabel("held-out bits per byte")
+    ax_bpb.set_title("quality at a fixed token budget")
+    return save_figure(fig, out)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(__doc__, argv, HERE)
+    budget, chunks = QUICK if args.quick else FULL
+    dim, heads = budget.model["backbone.dim"], budget.model["fast_weight.heads"]
+    window = min(chunks[-1], budget.seq_len // 4)
+    peak = matmul_peak_gflops()
+    rows = []
+    with workspace(args) as root:
+        corpus = prepare_corpus(root)
+        for chunk in chunks:
+            run = run_lm(f"chunk{chunk}", root, corpus, budget, {"fast_weight.chunk": chunk, "window": window})
+            rate = op_rate(budget.seq_len, chunk, heads, dim // heads, peak)
+            rows.append({"chunk": chunk, "tokens_per_s": run["tokens_per_s"], **rate, "bpb": run["bpb"]})
+            print(rows[-1], flush=True)
+    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "window": window, "peak_gflops": peak,
+             "corpus": "tinyshakespeare: train 0-90 %, test 90-100 %", "quick": args.quick}  # fmt: skip
+    write_results(args.out, rows, setup)
+    plot(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Loss by position: does the LaCT memory keep helping beyond the attention window?"""

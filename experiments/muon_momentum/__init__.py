@@ -1,0 +1,1 @@
+"""The update rule: plain gradient steps, momentum, Muon, or both."""

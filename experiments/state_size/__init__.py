@@ -1,0 +1,1 @@
+"""State size: does a bigger fast-weight state use long context better?"""
