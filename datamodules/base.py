@@ -49,8 +49,8 @@ class ShardDataModule(pl.LightningDataModule):
         samples_per_epoch: training samples per epoch over all ranks; each rank yields
             ``samples_per_epoch // (batch_size * world_size)`` batches (at least one).
         shuffle_buffer: size of the training shuffle buffer in samples (0 or 1: no shuffling).
-        seed: base seed of the training stream (combined with rank, worker, epoch and the
-            global step a resumed run starts from).
+        seed: base seed of the training stream (combined with rank, worker and epoch; a resumed
+            run continues the stream from its checkpoint's position).
         cache_dir: where embedded default datasets are built.
         allow_pipe: accept ``pipe:`` shard URLs (they run shell commands).
     """
@@ -157,16 +157,14 @@ class ShardDataModule(pl.LightningDataModule):
         return max(1, math.floor(self.samples_per_epoch / (self.batch_size * world)))
 
     def train_dataloader(self):
+        """A stateful loader: Lightning saves its position in checkpoints and restores it, so a
+        resumed fit continues the epoch's stream where it stopped (step-exact resume)."""
         rank, _ = self.rank_and_world()
-        # On resume Lightning restores the global step before it builds this loader: the stream is
-        # reseeded with it, so a resumed run does not replay the samples it started with.
-        step = self.trainer.global_step if self.trainer is not None else 0
         return shards.train_loader(
             self.urls["train"], decode=self.decoder("train"), collate=self.collate,
             batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch(),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
             num_workers=self.num_workers, counter=self.skip_counter,
-            resume_step=step,
         )
 
     def _eval_dataloader(self, split: str):
