@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 import braceexpand
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
+
+from lact_app.rng import rng_states, seed_rngs, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -219,24 +220,6 @@ class DecodeOrSkip:
 # ---------------------------------------------------------------------------------------------
 
 
-def rng_states() -> tuple:
-    """The global RNG states a pipeline may draw from: Python's, NumPy's and torch's (CPU)."""
-    return random.getstate(), np.random.get_state(), torch.get_rng_state()
-
-
-def set_rng_states(states: tuple) -> None:
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
-
-
-def seed_rngs(seed: int) -> None:
-    """Seeds the global Python, NumPy and torch (CPU) RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 class PrivateRNG:
     """A context with the data pipeline's own global RNG states, kept apart from the model's.
 
@@ -249,14 +232,14 @@ class PrivateRNG:
         self.seed, self.states, self.outer = seed, None, None
 
     def __enter__(self) -> None:
-        self.outer = rng_states()
+        self.outer = rng_states(include_cuda=False)
         if self.states is None:
             seed_rngs(self.seed)
         else:
             set_rng_states(self.states)
 
     def __exit__(self, *exc: Any) -> None:
-        self.states = rng_states()
+        self.states = rng_states(include_cuda=False)
         set_rng_states(self.outer)
 
 
