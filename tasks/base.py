@@ -84,8 +84,8 @@ class LaCTTask(pl.LightningModule):
             None: no threshold.
         grad_skip_after: global step from which ``grad_skip_threshold`` applies.
         max_consecutive_skips: stop the run (:class:`~lact_app.callbacks.faults.RunStopped`)
-            when this many steps in a row were skipped: the weights and optimizer are then still
-            those from before the fault, as in the last checkpoint. None: never stop.
+            when this many steps in a row were skipped. Skipped steps move neither the weights nor
+            the optimizer, so the last checkpoint holds those from before the fault. None: never stop.
         compile: ``torch.compile`` each block (see ``blocks``) in place.
         activation_checkpointing: recompute each block's activations in backward.
     """
@@ -212,9 +212,9 @@ class LaCTTask(pl.LightningModule):
         raise RunStopped(
             f"{self.consecutive_skips} consecutive optimizer steps skipped (steps {first}-{self.global_step}, "
             f"last gradient norm {norm.item():.3g}): the loss or gradient is non-finite or above "
-            f"grad_skip_threshold. No checkpoint was written for these steps; the weights are those "
-            f"of step {first - 1}. Resume from the last checkpoint (--ckpt_path last), e.g. with a "
-            "lower lr, or raise max_consecutive_skips."
+            f"grad_skip_threshold. Skipped steps change neither the weights nor the optimizer, so the "
+            f"last checkpoint holds those from before the fault: resume from it (--ckpt_path last), "
+            "e.g. with a lower lr or other data, or raise max_consecutive_skips."
         )
 
     def on_train_start(self) -> None:
