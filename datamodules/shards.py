@@ -372,15 +372,15 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
     (with the same ``num_workers``).
     """
     stream = ResampledShardStream(urls, seed, rank)
-    pipeline = wds.DataPipeline(
+    stages = [
         stream,
         _samples_stage(urls, counter),
         SeededShuffle(shuffle_buffer, stream),
         DecodeOrSkip(decode, counter),
         wds.batched(batch_size, collation_fn=collate, partial=False),
         SkipConsumed(stream),
-    )
-    return ResumableLoader(pipeline, stream, batches_per_epoch, num_workers=num_workers,
+    ]
+    return ResumableLoader(wds.DataPipeline(*stages), stream, batches_per_epoch, num_workers=num_workers,
                            persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
