@@ -220,9 +220,29 @@ class LaCTTask(pl.LightningModule):
     def on_train_start(self) -> None:
         """A resumed fit draws from the checkpoint's RNG states: set here, right before the first
         step, because the set-up between loading and training may draw from the global RNGs."""
+        self.follow_this_runs_schedule()
         if self.resumed_rng_states is not None:
             set_rng_states(self.resumed_rng_states)
             self.resumed_rng_states = None
+
+    def follow_this_runs_schedule(self) -> None:
+        """Makes a resumed fit follow this run's schedule (e.g. a larger ``max_steps``).
+
+        ``LambdaLR`` saves the fields of its :class:`WarmupCosine` and loading restores them, so
+        the first run's ``total_steps`` would win; they are set again from this run's settings,
+        and the current learning rates recomputed at the restored step (unchanged when the
+        settings are the same).
+        """
+        hp = self.hparams
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            factors = getattr(scheduler, "lr_lambdas", [])
+            if not all(isinstance(f, WarmupCosine) for f in factors):
+                continue
+            for factor, group, base_lr in zip(factors, scheduler.optimizer.param_groups, scheduler.base_lrs):
+                factor.warmup_steps, factor.total_steps = hp.warmup_steps, self.schedule_total_steps()
+                factor.min_ratio = hp.min_lr_ratio
+                group["lr"] = base_lr * factor(scheduler.last_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Saves the skip counts and the global RNG states (dropout masks, diffusion noise): with

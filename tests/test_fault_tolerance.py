@@ -28,6 +28,7 @@ from tests.checkpoints import load_checkpoint
 from tests.conftest import REPO_ROOT
 from tests.faults import read_losses
 from tests.test_cli import run_main
+from tasks.base import WarmupCosine
 from tests.toy import write_regression_shards, write_toy_config
 
 MAX_STEPS, EVERY, BATCHES_PER_EPOCH = 6, 2, 4
@@ -157,6 +158,19 @@ def test_clock_is_the_default_and_a_schedule_replaces_it(toy_yaml, in_process):
     assert [str(t) for t in clocks()] == ["None", "0:05:00"]  # checkpoint: epoch ends; last_checkpoint: 5 min
     assert clocks("--checkpoint.every_n_epochs=2") == [None, None]
     assert [str(t) for t in clocks("--last_checkpoint.train_time_interval=0:00:30")] == ["None", "0:00:30"]
+
+
+@pytest.mark.timeout(60)
+def test_resuming_with_more_steps_stretches_the_schedule(toy_yaml, tmp_path, in_process):
+    """4 steps, then resumed to 8: the cosine ends at step 8, not at the first run's step 4."""
+    cli_main(["fit", "--config", str(toy_yaml), "--trainer.max_steps=4"])
+    resumed = cli_main(["fit", "--config", str(toy_yaml), "--trainer.max_steps=8", "--ckpt_path=last"])
+    (scheduler,) = resumed.trainer.lr_scheduler_configs
+    assert scheduler.scheduler.lr_lambdas[0].total_steps == 8
+    expected = WarmupCosine(2, 8)(7) * resumed.model.hparams.lr  # the lr of the last step taken (7)
+    assert torch.load(tmp_path / "logs/lightning_logs/version_0/checkpoints/last.ckpt",
+                      weights_only=False)["lr_schedulers"][0]["lr_lambdas"][0]["total_steps"] == 8
+    assert resumed.trainer.callback_metrics["lr-AdamW/decay"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def assert_same_training_state(actual: dict, expected: dict) -> None:
