@@ -22,6 +22,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lact_app.callbacks import TestMetricsJSON
@@ -94,16 +95,21 @@ class LaCTCLI(LightningCLI):
 
     def resume_in_run_folder(self, config) -> None:
         """``--ckpt_path last`` → the newest checkpoint of the run (in ``checkpoint.dirpath``, else
-        in the default logger's ``version_*/checkpoints``); a fit resumed from a checkpoint under
+        in the default logger's ``version_*/checkpoints`` or, without a logger, in
+        ``<root>/checkpoints``); none yet: a fresh fit, so one command line serves the first
+        launch and every relaunch of a pre-emptible job. A fit resumed from a checkpoint under
         ``<root>/lightning_logs/version_N/checkpoints/`` logs to ``version_N`` again (same
         TensorBoard run, curves continue) when the default logger would write under ``<root>``."""
-        root = Path(config.trainer.default_root_dir or os.getcwd()) / "lightning_logs"
+        root_dir = Path(config.trainer.default_root_dir or os.getcwd())
+        root = root_dir / "lightning_logs"
         if config.ckpt_path == "last":
             folders = [Path(config.checkpoint.dirpath)] if config.checkpoint.dirpath else \
-                sorted(root.glob("version_*/checkpoints"))
+                [*sorted(root.glob("version_*/checkpoints")), root_dir / "checkpoints"]
             newest = newest_checkpoint(folders)
             if newest is None:
-                self.parser.error(f"--ckpt_path last: no checkpoint in {[str(f) for f in folders] or str(root)}")
+                rank_zero_warn(f"--ckpt_path last: no checkpoint under {root_dir} yet; starting a new fit.")
+                config.ckpt_path = None
+                return
             config.ckpt_path = str(newest)
         log_dir = run_log_dir(config.ckpt_path)
         if config.trainer.logger in (None, True) and log_dir is not None and log_dir.parent == root.resolve():

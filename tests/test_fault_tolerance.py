@@ -154,6 +154,20 @@ def test_a_two_step_fit_ends_with_a_checkpoint(toy_yaml, in_process):
     assert torch.load(last, weights_only=False)["global_step"] == 2
 
 
+def test_the_clock_default_is_in_print_config(toy_yaml, in_process, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(toy_yaml), "--print_config"])
+    assert "last_checkpoint:\n  train_time_interval: 0:05:00\n" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_ckpt_path_last_without_a_checkpoint_starts_a_new_fit(toy_yaml, tmp_path, in_process):
+    """One command line for the first launch and every relaunch of a pre-emptible job."""
+    with pytest.warns(UserWarning, match="no checkpoint under .* yet; starting a new fit"):
+        fit = cli_main(["fit", "--config", str(toy_yaml), "--trainer.max_steps=1", "--ckpt_path=last"])
+    assert fit.trainer.global_step == 1 and fit.trainer.ckpt_path is None
+
+
 def test_clock_is_the_default_and_a_schedule_replaces_it(toy_yaml, in_process):
     def clocks(*extra):
         cli = cli_main(["--config", str(toy_yaml), *extra], run=False)
