@@ -222,8 +222,9 @@ def test_fsdp2_two_processes_fit_resume_with_ema_and_test(tmp_path, video_cache)
     first = version_dir(tmp_path / "logs", 0) / "checkpoints" / "last.ckpt"
     assert first.is_dir()  # a distributed checkpoint; the EMA shards travel inside it
     before = shutil.copytree(first, tmp_path / "before.ckpt")  # the resumed fit rewrites last.ckpt in place
-    run_main("fit", *fsdp, "--trainer.max_steps=4", "--trainer.limit_val_batches=1", "--seed_everything=1",
-             "--ckpt_path", str(first))
+    # the schedule of the first run (a resumed fit would otherwise stretch it to its own max_steps)
+    run_main("fit", *fsdp, "--trainer.max_steps=4", "--model.init_args.max_steps_for_schedule=3",
+             "--trainer.limit_val_batches=1", "--seed_everything=1", "--ckpt_path", str(first))
     assert_resumed_one_step(load_checkpoint(before), load_checkpoint(first), ema_decay=EMA(decay=0.9).current_decay(4))
     run_main("test", *fsdp, "--ckpt_path", str(first))
     curve = json.loads((version_dir(tmp_path / "logs", 1) / "test_continuation.json").read_text())
