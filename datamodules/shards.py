@@ -363,8 +363,12 @@ def _samples_stage(urls: Sequence[str], counter: SkipCounter):
 
 def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_size: int,
                  batches_per_epoch: int, shuffle_buffer: int, seed: int, rank: int,
-                 num_workers: int, counter: SkipCounter) -> ResumableLoader:
+                 num_workers: int, counter: SkipCounter, batcher: Optional[Callable] = None) -> ResumableLoader:
     """Builds the training loader: resampled shards → shuffle → decode → batch, ``batches_per_epoch`` per rank.
+
+    ``batcher``: the stage from decoded items to batches (e.g. packing documents into windows);
+    default ``wds.batched(batch_size, collate)``. A resumed pass replays it (the skipped batches
+    are made again), so a stateful batcher resumes exactly too.
 
     Every rank yields exactly ``batches_per_epoch`` batches per epoch, so DDP ranks never wait on
     each other at an epoch boundary. The stream is a function of (seed, rank, worker, epoch) and
@@ -377,7 +381,7 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
         _samples_stage(urls, counter),
         SeededShuffle(shuffle_buffer, stream),
         DecodeOrSkip(decode, counter),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
+        batcher or wds.batched(batch_size, collation_fn=collate, partial=False),
         SkipConsumed(stream),
     ]
     return ResumableLoader(wds.DataPipeline(*stages), stream, batches_per_epoch, num_workers=num_workers,
@@ -391,8 +395,10 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
 
 def eval_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_size: int,
                 rank: int, world_size: int, num_workers: int,
-                counter: SkipCounter) -> wds.WebLoader:
+                counter: SkipCounter, batcher: Optional[Callable] = None) -> wds.WebLoader:
     """Builds an evaluation loader that yields each sample exactly once across ranks and workers.
+
+    ``batcher``: as for :func:`train_loader` (default ``wds.batched(batch_size, collate)``).
 
     With at least ranks × workers shards, shards are split by rank and then by worker; with
     fewer, every rank and worker reads all shards and keeps its own share of the samples.
@@ -406,7 +412,7 @@ def eval_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_s
     pipeline = wds.DataPipeline(
         *stages,
         DecodeOrSkip(decode, counter),
-        wds.batched(batch_size, collation_fn=collate, partial=True),
+        batcher or wds.batched(batch_size, collation_fn=collate, partial=True),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                          pin_memory=torch.cuda.is_available())

@@ -127,17 +127,29 @@ def _key_and_draw(sample):
     return sample["__key__"], round(random.random(), 6), round(torch.rand(()).item(), 6)
 
 
+def random_groups(items):
+    """A stateful batcher drawing from the global RNG: groups of 2-5 items (like packing)."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) >= random.randint(2, 5):
+            yield group
+            group = []
+
+
+@pytest.mark.parametrize("batcher", [None, random_groups], ids=["batched", "stateful_batcher"])
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop", [1, 3, 5])
-def test_training_stream_resumes_where_it_stopped(shard_dir, workers, stop):
+def test_training_stream_resumes_where_it_stopped(shard_dir, workers, stop, batcher):
     """A loader restored from ``state_dict`` after ``stop`` batches of epoch 1 yields what an
-    uninterrupted loader yields next (decoders' global-RNG draws included), in epoch 2 too."""
+    uninterrupted loader yields next (decoders' and batchers' global-RNG draws included), in
+    epoch 2 too."""
     urls = shards.resolve_shards(shard_dir, "train")
 
     def loader():
         return shards.train_loader(urls, decode=_key_and_draw, collate=list, batch_size=4,
                                    batches_per_epoch=5, shuffle_buffer=8, seed=0, rank=0,
-                                   num_workers=workers, counter=shards.SkipCounter())
+                                   num_workers=workers, counter=shards.SkipCounter(), batcher=batcher)
 
     uninterrupted = loader()
     expected = list(uninterrupted) + list(uninterrupted)
