@@ -9,6 +9,8 @@ A subclass implements these hooks:
   random window or crop in training and a deterministic one in evaluation (default:
   ``decode_sample`` for every split).
 - ``collate(items) -> batch``: a list of decoded items → one batch (default: ``default_collate``).
+- ``batcher(split) -> stage | None`` (optional): a pipeline stage from the stream of decoded items
+  to batches, replacing ``batch_size`` items per ``collate`` (e.g. packing documents into windows).
 - ``build_default_dataset(root)``: write the embedded default dataset as
   ``root/{train,val,test}-%06d.tar`` (used when ``train_shards`` is None); bump the class
   attribute ``FORMAT_VERSION`` whenever its format changes, and set ``DEFAULT_NAME``.
@@ -49,8 +51,8 @@ class ShardDataModule(pl.LightningDataModule):
         samples_per_epoch: training samples per epoch over all ranks; each rank yields
             ``samples_per_epoch // (batch_size * world_size)`` batches (at least one).
         shuffle_buffer: size of the training shuffle buffer in samples (0 or 1: no shuffling).
-        seed: base seed of the training stream (combined with rank, worker, epoch and the
-            global step a resumed run starts from).
+        seed: base seed of the training stream (combined with rank, worker and epoch; a resumed
+            run continues the stream from its checkpoint's position).
         cache_dir: where embedded default datasets are built.
         allow_pipe: accept ``pipe:`` shard URLs (they run shell commands).
     """
@@ -103,6 +105,12 @@ class ShardDataModule(pl.LightningDataModule):
     def collate(self, items: list[Any]) -> Any:
         """Collates decoded items into a batch."""
         return default_collate(items)
+
+    def batcher(self, split: str) -> Optional[Callable]:
+        """The stage from decoded items to batches of ``split`` (None: ``batch_size`` items per
+        :meth:`collate`). It must be a deterministic function of the item stream (resumption);
+        in training it may draw from the global RNGs, which each pass seeds."""
+        return None
 
     def build_default_dataset(self, root: Path) -> None:
         """Writes the embedded default dataset as ``root/{train,val,test}-%06d.tar``."""
@@ -157,16 +165,14 @@ class ShardDataModule(pl.LightningDataModule):
         return max(1, math.floor(self.samples_per_epoch / (self.batch_size * world)))
 
     def train_dataloader(self):
+        """A stateful loader: Lightning saves its position in checkpoints and restores it, so a
+        resumed fit continues the epoch's stream where it stopped (step-exact resume)."""
         rank, _ = self.rank_and_world()
-        # On resume Lightning restores the global step before it builds this loader: the stream is
-        # reseeded with it, so a resumed run does not replay the samples it started with.
-        step = self.trainer.global_step if self.trainer is not None else 0
         return shards.train_loader(
             self.urls["train"], decode=self.decoder("train"), collate=self.collate,
             batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch(),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
-            num_workers=self.num_workers, counter=self.skip_counter,
-            resume_step=step,
+            num_workers=self.num_workers, counter=self.skip_counter, batcher=self.batcher("train"),
         )
 
     def _eval_dataloader(self, split: str):
@@ -176,7 +182,7 @@ class ShardDataModule(pl.LightningDataModule):
         return shards.eval_loader(
             self.urls[split], decode=self.decoder(split), collate=self.collate,
             batch_size=self.batch_size, rank=rank, world_size=world,
-            num_workers=self.num_workers, counter=self.skip_counter,
+            num_workers=self.num_workers, counter=self.skip_counter, batcher=self.batcher(split),
         )
 
     def val_dataloader(self):

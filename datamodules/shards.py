@@ -10,6 +10,7 @@ Everything that travels into DataLoader workers is a picklable class (spawn/fork
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import multiprocessing
 import os
@@ -21,6 +22,8 @@ import braceexpand
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
+
+from lact_app.rng import rng_states, seed_rngs, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +161,33 @@ class SkipCounter:
         return int(self._value.value)
 
 
-class WarnAndCount:
-    """A webdataset exception handler: logs the error, counts it, and continues."""
+class WarnOncePerShard:
+    """A webdataset exception handler for unreadable shards (corrupt, truncated, empty, missing).
 
-    def __init__(self, counter: SkipCounter):
+    Every failed read is counted (``counter``; with resampling a bad shard may be drawn many
+    times), but each shard is warned about once per loader, i.e. once per run rather than once
+    per epoch: the flags live in shared memory because workers are new processes every epoch.
+    """
+
+    def __init__(self, urls: Sequence[str], counter: SkipCounter):
+        self.index = {url: i for i, url in enumerate(urls)}
+        self.warned = multiprocessing.Array("b", max(1, len(urls)))
         self.counter = counter
 
+    def shard_of(self, exn: BaseException) -> Optional[str]:
+        """The shard URL webdataset appended to the exception's args (None if it did not)."""
+        return next((a for a in reversed(exn.args) if isinstance(a, str) and a in self.index), None)
+
     def __call__(self, exn: BaseException) -> bool:
-        log.warning("Skipping unreadable shard data: %r", exn)
         self.counter.add()
+        url = self.shard_of(exn)
+        with self.warned.get_lock():
+            first = url is None or not self.warned[self.index[url]]
+            if url is not None:
+                self.warned[self.index[url]] = 1
+        if first:
+            log.warning("Skipping unreadable shard data in %s (warned once per shard): %r",
+                        url or "an unknown shard", exn.args[0] if exn.args else exn)
         return True
 
 
@@ -199,25 +220,66 @@ class DecodeOrSkip:
 # ---------------------------------------------------------------------------------------------
 
 
-class ResampledShardStream(IterableDataset):
-    """An infinite stream of ``{"url": shard}`` drawn with replacement, deterministic per seed.
+class PrivateRNG:
+    """A context with the data pipeline's own global RNG states, kept apart from the model's.
 
-    The RNG seed combines ``seed``, ``rank``, the DataLoader worker id, ``resume_step`` (the
-    global step a resumed run starts from, so it does not replay its first samples) and
-    ``epoch`` (bumped by :class:`EpochLoader` in the main process before workers start).
+    Without workers, decoders that draw from the global RNGs (random windows, crops, view
+    choices) run in the training process: inside this context their draws neither consume nor
+    depend on the model's RNG (dropout, diffusion noise), so both stay a function of the step.
     """
 
-    def __init__(self, urls: list[str], seed: int, rank: int, resume_step: int = 0):
+    def __init__(self, seed: int):
+        self.seed, self.states, self.outer = seed, None, None
+
+    def __enter__(self) -> None:
+        self.outer = rng_states(include_cuda=False)
+        if self.states is None:
+            seed_rngs(self.seed)
+        else:
+            set_rng_states(self.states)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.states = rng_states(include_cuda=False)
+        set_rng_states(self.outer)
+
+
+class ResampledShardStream(IterableDataset):
+    """An infinite stream of ``{"url": shard}`` drawn with replacement: a deterministic function
+    of ``seed``, ``rank``, the worker's role and ``epoch``.
+
+    :class:`ResumableLoader` sets ``epoch`` and ``start`` (batches of the epoch consumed before
+    this pass, non-zero on a resumed run) in the main process before each pass; workers receive
+    a copy of the stream when the pass starts. Each pass also seeds its process's global RNGs
+    from the same values, so decoders that draw from them are deterministic too.
+    """
+
+    def __init__(self, urls: list[str], seed: int, rank: int):
         super().__init__()
-        self.urls, self.seed, self.rank, self.resume_step = list(urls), seed, rank, resume_step
-        self.epoch = 0
+        self.urls, self.seed, self.rank = list(urls), seed, rank
+        self.epoch, self.start = 0, 0
+
+    def role(self) -> tuple[int, int]:
+        """(role, workers): the worker of an uninterrupted pass this worker stands in for.
+
+        The DataLoader takes batches from its workers round robin starting at worker 0, so batch
+        ``j`` of a pass comes from worker ``j % workers``; a pass resumed at batch ``start``
+        takes its first batch from worker 0, which must therefore play worker ``start % workers``.
+        """
+        worker, workers = worker_id_and_count()
+        return (worker + self.start) % workers, workers
+
+    def batches_to_skip(self) -> int:
+        """Batches of this worker's role among the ``start`` batches already consumed."""
+        role, workers = self.role()
+        return len(range(role, self.start, workers))
 
     def rng(self, salt: str = "shards") -> random.Random:
-        """A fresh RNG for this rank, worker, resume step and epoch (``salt`` separates uses)."""
-        worker, _ = worker_id_and_count()
-        return random.Random(f"{salt}/{self.seed}/{self.rank}/{worker}/{self.resume_step}/{self.epoch}")
+        """A fresh RNG for this rank, worker role and epoch (``salt`` separates uses)."""
+        role, _ = self.role()
+        return random.Random(f"{salt}/{self.seed}/{self.rank}/{role}/{self.epoch}")
 
     def __iter__(self) -> Iterator[dict]:
+        seed_rngs(self.rng("decode").getrandbits(63))
         rng = self.rng()
         while True:
             yield {"url": rng.choice(self.urls)}
@@ -236,45 +298,94 @@ class SeededShuffle:
         return wds.shuffle(self.bufsize, initial, rng=self.stream.rng("shuffle"))(src)
 
 
-class EpochLoader(wds.WebLoader):
-    """A WebLoader that bumps its stream's epoch before each pass (fresh samples every epoch).
+class SkipConsumed:
+    """Pipeline stage (last): drops the batches a resumed pass already consumed, in the worker
+    that made them. They are read and decoded again (the stream after them depends on the
+    shuffle buffer and on which samples were bad) but not trained on."""
 
-    Workers receive a copy of the stream when the pass starts, so the bump must happen here, in
-    the main process.
-    """
-
-    def __init__(self, dataset: wds.DataPipeline, stream: ResampledShardStream, **kw: Any):
-        super().__init__(dataset, batch_size=None, **kw)
+    def __init__(self, stream: ResampledShardStream):
         self.stream = stream
 
-    def __iter__(self):
-        self.stream.epoch += 1
-        return super().__iter__()
+    def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
+        return itertools.islice(src, self.stream.batches_to_skip(), None)
 
 
-def _samples_stage(counter: SkipCounter):
-    return wds.tarfile_to_samples(handler=WarnAndCount(counter))
+class ResumableLoader(wds.WebLoader):
+    """The training loader: ``batches_per_epoch`` batches per pass, resumable mid-epoch.
+
+    A stateful dataloader in Lightning's sense: a checkpoint's loop state keeps
+    :meth:`state_dict` (the epoch and the batches of it handed out), and a resumed fit calls
+    :meth:`load_state_dict` before its first pass, which then continues the epoch where it
+    stopped. The loader has a length, so Lightning does not prefetch: batches handed out are
+    batches trained on when a checkpoint is written.
+    """
+
+    def __init__(self, dataset: wds.DataPipeline, stream: ResampledShardStream,
+                 batches_per_epoch: int, **kw: Any):
+        super().__init__(dataset, batch_size=None, **kw)
+        self.stream, self.batches_per_epoch = stream, batches_per_epoch
+        self.consumed, self.resuming = 0, False
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.stream.epoch, "batches": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.stream.epoch, self.consumed = state["epoch"], state["batches"]
+        self.resuming = self.consumed < self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.resuming:  # a new epoch (fresh samples); a resumed one keeps its number
+            self.stream.epoch += 1
+            self.consumed = 0
+        self.resuming = False
+        self.stream.start = self.consumed
+        scope = PrivateRNG(self.stream.rng("loader").getrandbits(63))
+        return self._batches(scope)
+
+    def _batches(self, scope: PrivateRNG) -> Iterator[Any]:
+        with scope:
+            batches = self.iterator1()
+        while self.consumed < self.batches_per_epoch:
+            with scope:
+                batch = next(batches, None)
+            if batch is None:
+                return
+            self.consumed += 1
+            yield batch
+
+
+def _samples_stage(urls: Sequence[str], counter: SkipCounter):
+    return wds.tarfile_to_samples(handler=WarnOncePerShard(urls, counter))
 
 
 def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_size: int,
                  batches_per_epoch: int, shuffle_buffer: int, seed: int, rank: int,
-                 num_workers: int, counter: SkipCounter, resume_step: int = 0) -> EpochLoader:
+                 num_workers: int, counter: SkipCounter, batcher: Optional[Callable] = None) -> ResumableLoader:
     """Builds the training loader: resampled shards → shuffle → decode → batch, ``batches_per_epoch`` per rank.
 
-    Every rank yields exactly ``batches_per_epoch`` batches per epoch (``with_epoch``), so DDP
-    ranks never wait on each other at an epoch boundary.
+    ``batcher``: the stage from decoded items to batches (e.g. packing documents into windows);
+    default ``wds.batched(batch_size, collate)``. A resumed pass replays it (the skipped batches
+    are made again), so a stateful batcher resumes exactly too.
+
+    Every rank yields exactly ``batches_per_epoch`` batches per epoch, so DDP ranks never wait on
+    each other at an epoch boundary. The stream is a function of (seed, rank, worker, epoch) and
+    the position in the epoch, so a resumed run sees the batches an uninterrupted one would
+    (with the same ``num_workers``).
     """
-    stream = ResampledShardStream(urls, seed, rank, resume_step=resume_step)
-    pipeline = wds.DataPipeline(
+    stream = ResampledShardStream(urls, seed, rank)
+    stages = [
         stream,
-        _samples_stage(counter),
+        _samples_stage(urls, counter),
         SeededShuffle(shuffle_buffer, stream),
         DecodeOrSkip(decode, counter),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
-    )
-    loader = EpochLoader(pipeline, stream, num_workers=num_workers,
-                         persistent_workers=False, pin_memory=torch.cuda.is_available())
-    return loader.with_epoch(batches_per_epoch).with_length(batches_per_epoch, silent=True)
+        batcher or wds.batched(batch_size, collation_fn=collate, partial=False),
+        SkipConsumed(stream),
+    ]
+    return ResumableLoader(wds.DataPipeline(*stages), stream, batches_per_epoch, num_workers=num_workers,
+                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +395,10 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
 
 def eval_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_size: int,
                 rank: int, world_size: int, num_workers: int,
-                counter: SkipCounter) -> wds.WebLoader:
+                counter: SkipCounter, batcher: Optional[Callable] = None) -> wds.WebLoader:
     """Builds an evaluation loader that yields each sample exactly once across ranks and workers.
+
+    ``batcher``: as for :func:`train_loader` (default ``wds.batched(batch_size, collate)``).
 
     With at least ranks × workers shards, shards are split by rank and then by worker; with
     fewer, every rank and worker reads all shards and keeps its own share of the samples.
@@ -293,13 +406,13 @@ def eval_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_s
     """
     if len(urls) >= world_size * max(num_workers, 1):
         stages = [wds.SimpleShardList(urls), NodeSplitter(rank, world_size), WorkerSplitter(),
-                  _samples_stage(counter)]
+                  _samples_stage(urls, counter)]
     else:
-        stages = [wds.SimpleShardList(urls), _samples_stage(counter), SampleSplitter(rank, world_size)]
+        stages = [wds.SimpleShardList(urls), _samples_stage(urls, counter), SampleSplitter(rank, world_size)]
     pipeline = wds.DataPipeline(
         *stages,
         DecodeOrSkip(decode, counter),
-        wds.batched(batch_size, collation_fn=collate, partial=True),
+        batcher or wds.batched(batch_size, collation_fn=collate, partial=True),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                          pin_memory=torch.cuda.is_available())

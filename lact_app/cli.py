@@ -10,16 +10,24 @@ imports neither ``tasks`` nor ``datamodules`` (DESIGN.md §2).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lact_app.callbacks import TestMetricsJSON
+from lact_app.callbacks.checkpoint import AtomicCheckpointIO, LastCheckpoint, newest_checkpoint, run_log_dir
+from lact_app.callbacks.faults import RunStopped
 
 TRAINER_DEFAULTS = {
     "accelerator": "cpu",
@@ -32,8 +40,18 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "epoch{epoch:03d}-step{step:06d}",
     "checkpoint.auto_insert_metric_name": False,
     "checkpoint.save_last": True,
+    # last.ckpt is shared with ``last_checkpoint``: rewrite it rather than add last-v1.ckpt
+    "checkpoint.enable_version_counter": False,
     "lr_monitor.logging_interval": "step",
 }
+
+#: ``checkpoint`` options that set its own schedule; any of them turns the clock of
+#: ``last_checkpoint`` off (the user's schedule takes the place of the time default).
+CHECKPOINT_TRIGGERS = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
+
+#: Exit code of a fit stopped by SIGTERM after writing its checkpoint (128 + SIGTERM, as a
+#: shell reports a process killed by it): a job script can tell pre-emption from completion.
+SIGTERM_EXIT_CODE = 143
 
 # Values computed by the datamodule and fed to the model when classes are instantiated, as
 # (source, target, compute_fn); the source "data" is the instantiated datamodule. A target the
@@ -48,6 +66,8 @@ class LaCTCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TestMetricsJSON, "test_metrics")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
@@ -67,6 +87,35 @@ class LaCTCLI(LightningCLI):
         overrides = model_arguments(self.command_line)
         if self.subcommand and overrides and self.config[self.subcommand].get("ckpt_path"):
             self.config = self.parser.parse_args([self.subcommand, *overrides], namespace=self.config.clone())
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if any(config.checkpoint.get(name) for name in CHECKPOINT_TRIGGERS):
+            config.last_checkpoint.train_time_interval = None
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            self.resume_in_run_folder(config)
+
+    def resume_in_run_folder(self, config) -> None:
+        """``--ckpt_path last`` → the newest checkpoint of the run (in ``checkpoint.dirpath``, else
+        in the default logger's ``version_*/checkpoints`` or, without a logger, in
+        ``<root>/checkpoints``); none yet: a fresh fit, so one command line serves the first
+        launch and every relaunch of a pre-emptible job. A fit resumed from a checkpoint under
+        ``<root>/lightning_logs/version_N/checkpoints/`` logs to ``version_N`` again (same
+        TensorBoard run, curves continue) when the default logger would write under ``<root>``."""
+        root_dir = Path(config.trainer.default_root_dir or os.getcwd())
+        root = root_dir / "lightning_logs"
+        if config.ckpt_path == "last":
+            folders = [Path(config.checkpoint.dirpath)] if config.checkpoint.dirpath else \
+                [*sorted(root.glob("version_*/checkpoints")), root_dir / "checkpoints"]
+            newest = newest_checkpoint(folders)
+            if newest is None:
+                rank_zero_warn(f"--ckpt_path last: no checkpoint under {root_dir} yet; starting a new fit.")
+                config.ckpt_path = None
+                return
+            config.ckpt_path = str(newest)
+        log_dir = run_log_dir(config.ckpt_path)
+        if config.trainer.logger in (None, True) and log_dir is not None and log_dir.parent == root.resolve():
+            config.trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                                              init_args=Namespace(save_dir=str(root.parent), name=root.name,
+                                                                  version=log_dir.name))
 
     def instantiate_classes(self) -> None:
         """Builds the model, datamodule and trainer; a constructor's ``ValueError`` (a bad config
@@ -76,6 +125,8 @@ class LaCTCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:
             self.parser.error(f"invalid configuration: {root_cause(err)}", ex=err)
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default writer
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
         """Links datamodule values to model arguments (``DATA_TO_MODEL_LINKS``)."""
@@ -111,15 +162,22 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LaCTCLI:
     """
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    return LaCTCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=args,
-        run=run,
-    )
+    try:
+        return LaCTCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+    except SIGTERMException:
+        print("Stopped by SIGTERM; last.ckpt was written. Resume with --ckpt_path last.", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT_CODE)
+    except RunStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

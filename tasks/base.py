@@ -38,12 +38,17 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from lact_app.callbacks.ema import EMA_CHECKPOINT_KEY, EMA_PREFIX, find_ema, swapped_weights
+from lact_app.callbacks.faults import RunStopped
 from lact_app.callbacks.media import add_gif
 from lact_app.checkpointing import checkpoint_activations
 from lact_app.nn import BackboneConfig, FastWeightConfig, LaCTLayer
+from lact_app.rng import rng_states, set_rng_states
 
 #: Config dataclasses of task arguments, stored in the hyperparameters as dicts of all their fields.
 CONFIG_HPARAMS = {"backbone": BackboneConfig, "fast_weight": FastWeightConfig}
+
+#: Top-level checkpoint key of the global RNG states (``lact_app.rng.rng_states``).
+RNG_CHECKPOINT_KEY = "rng_states"
 
 class WarmupCosine:
     """LR factor: linear warmup over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
@@ -78,6 +83,9 @@ class LaCTTask(pl.LightningModule):
             (after ``grad_skip_after`` steps). Steps with a non-finite norm are always skipped.
             None: no threshold.
         grad_skip_after: global step from which ``grad_skip_threshold`` applies.
+        max_consecutive_skips: stop the run (:class:`~lact_app.callbacks.faults.RunStopped`)
+            when this many steps in a row were skipped. Skipped steps move neither the weights nor
+            the optimizer, so the last checkpoint holds those from before the fault. None: never stop.
         compile: ``torch.compile`` each block (see ``blocks``) in place.
         activation_checkpointing: recompute each block's activations in backward.
     """
@@ -93,6 +101,7 @@ class LaCTTask(pl.LightningModule):
         fast_weight_lr_multiplier: float = 1.0,
         grad_skip_threshold: Optional[float] = None,
         grad_skip_after: int = 0,
+        max_consecutive_skips: Optional[int] = 20,
         compile: bool = False,
         activation_checkpointing: bool = False,
     ):
@@ -101,7 +110,8 @@ class LaCTTask(pl.LightningModule):
         for key, config in CONFIG_HPARAMS.items():  # every field, as a plain dict: checkpoints load without the class
             if key in self.hparams:
                 self.hparams[key] = config.coerce(self.hparams[key]).to_dict()
-        self.skipped_steps = 0
+        self.skipped_steps, self.consecutive_skips = 0, 0
+        self.resumed_rng_states: dict[str, Any] | None = None
         self.loaded_ema: dict[str, torch.Tensor] | None = None
         self._model_configured = False
         self._clocks: dict[str, float] = {}
@@ -179,23 +189,76 @@ class LaCTTask(pl.LightningModule):
 
         Lightning calls this after backward and after AMP unscaling, inside the optimizer step.
         AdamW leaves parameters whose ``grad`` is None untouched, state and step count included
-        (zeroed gradients would still move its moments); the LR schedule advances as usual.
+        (zeroed gradients would still move its moments); the LR schedule advances as usual. A
+        non-finite loss gives non-finite gradients, so it is skipped here too.
         """
         norm = self.grad_norm()
         if self.should_skip_step(norm):
             self.skipped_steps += 1
+            self.consecutive_skips += 1
             optimizer.zero_grad(set_to_none=True)
+            self.stop_if_diverged(norm)
+        else:
+            self.consecutive_skips = 0
         self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False)
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
+    def stop_if_diverged(self, norm: torch.Tensor) -> None:
+        """Raises :class:`RunStopped` after ``max_consecutive_skips`` skipped steps in a row."""
+        limit = self.hparams.max_consecutive_skips
+        if limit is None or self.consecutive_skips < limit:
+            return
+        first = self.global_step - self.consecutive_skips + 1
+        raise RunStopped(
+            f"{self.consecutive_skips} consecutive optimizer steps skipped (steps {first}-{self.global_step}, "
+            f"last gradient norm {norm.item():.3g}): the loss or gradient is non-finite or above "
+            f"grad_skip_threshold. Skipped steps change neither the weights nor the optimizer, so the "
+            f"last checkpoint holds those from before the fault: resume from it (--ckpt_path last), "
+            "e.g. with a lower lr or other data, or raise max_consecutive_skips."
+        )
+
+    def on_train_start(self) -> None:
+        """A resumed fit draws from the checkpoint's RNG states: set here, right before the first
+        step, because the set-up between loading and training may draw from the global RNGs."""
+        self.follow_this_runs_schedule()
+        if self.resumed_rng_states is not None:
+            set_rng_states(self.resumed_rng_states)
+            self.resumed_rng_states = None
+
+    def follow_this_runs_schedule(self) -> None:
+        """Makes a resumed fit follow this run's schedule (e.g. a larger ``max_steps``).
+
+        ``LambdaLR`` saves the fields of its :class:`WarmupCosine` and loading restores them, so
+        the first run's ``total_steps`` would win; they are set again from this run's settings,
+        and the current learning rates recomputed at the restored step (unchanged when the
+        settings are the same).
+        """
+        hp = self.hparams
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            factors = getattr(scheduler, "lr_lambdas", [])
+            if not all(isinstance(f, WarmupCosine) for f in factors):
+                continue
+            for factor, group, base_lr in zip(factors, scheduler.optimizer.param_groups, scheduler.base_lrs):
+                factor.warmup_steps, factor.total_steps = hp.warmup_steps, self.schedule_total_steps()
+                factor.min_ratio = hp.min_lr_ratio
+                group["lr"] = base_lr * factor(scheduler.last_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Saves the skip counts and the global RNG states (dropout masks, diffusion noise): with
+        the data stream's position in the loop state, a resumed run repeats the uninterrupted one."""
         checkpoint["skipped_steps"] = self.skipped_steps
+        checkpoint["consecutive_skips"] = self.consecutive_skips
+        checkpoint[RNG_CHECKPOINT_KEY] = rng_states(include_cuda=True)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restores the skip count and keeps the checkpoint's EMA weights (``loaded_ema``) for
-        :meth:`inference_weights`; EMA entries inside the state dict (a converted distributed
-        checkpoint) are taken out of it so the model loads strictly."""
+        """Restores the skip counts and the RNG states (set at the start of a resumed fit); keeps the
+        checkpoint's EMA weights (``loaded_ema``) for :meth:`inference_weights`; EMA entries
+        inside the state dict (a converted distributed checkpoint) are taken out of it so the
+        model loads strictly."""
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        self.consecutive_skips = checkpoint.get("consecutive_skips", 0)
+        self.resumed_rng_states = checkpoint.get(RNG_CHECKPOINT_KEY)
         state = checkpoint.get("state_dict", {})
         ema = {k[len(EMA_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(EMA_PREFIX)]}
         self.loaded_ema = checkpoint.get(EMA_CHECKPOINT_KEY) or ema or None

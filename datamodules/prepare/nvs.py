@@ -8,8 +8,9 @@ Each SRC is a scene folder (or a folder searched recursively for scene folders) 
   ``camera_angle_y``) or ``fl_x``/``fl_y``/``cx``/``cy`` (top level or per frame), and per frame
   ``file_path`` and ``transform_matrix`` (camera-to-world, OpenGL camera axes: converted to OpenCV).
 
-Every scene becomes one sample (see ``datamodules.nvs``); RGBA is composited on white, views whose
-image is missing or unreadable are skipped and counted, every sample is validated as it is written.
+Every scene becomes one sample (see ``datamodules.nvs``); RGBA is composited on white. A view whose
+image is missing or unreadable, or whose camera lacks a field (``w2c``, ``fx`` …) or is malformed,
+is skipped and counted; the rest of its scene is kept. Every sample is validated as it is written.
 """
 
 from __future__ import annotations
@@ -95,8 +96,7 @@ def transforms_frames(path: Path) -> list[dict]:
         image = path.parent / frame["file_path"]
         if not image.suffix:
             image = image.with_suffix(".png")  # Blender synthetic omits the extension
-        c2w = opengl_to_opencv(torch.tensor(frame["transform_matrix"], dtype=torch.float64)).numpy()
-        frames.append({"image": image, "c2w": c2w, "cam": {**meta, **frame}})
+        frames.append({"image": image, "cam": {**meta, **frame}})
     return frames
 
 
@@ -115,17 +115,26 @@ def nerf_intrinsics(cam: dict, width: int, height: int) -> tuple[float, float, f
     return fx, fy, float(cam.get("cx", width / 2)), float(cam.get("cy", height / 2))
 
 
+def pose_matrix(camera: dict, field: str) -> np.ndarray:
+    """``camera[field]`` as a float64 [4, 4]; ``ValueError`` when it is not a finite 4×4 matrix."""
+    matrix = np.asarray(camera[field], dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise ValueError(f"{field} is not a finite 4x4 matrix")
+    return matrix
+
+
 def load_view(frame: dict, resize: int | None) -> tuple[bytes, dict]:
-    """One view -> (PNG bytes, cameras.json frame); raises on an unreadable image."""
+    """One view -> (PNG bytes, cameras.json frame); raises on an unreadable image or camera
+    (``KeyError`` for a missing field, ``ValueError``/``TypeError`` for a malformed one)."""
     image = load_rgb(frame["image"].read_bytes())
     if "cam" in frame:  # transforms.json: intrinsics may depend on the image size
         k = nerf_intrinsics(frame["cam"], image.width, image.height)
-        c2w = frame["c2w"]
+        c2w = opengl_to_opencv(torch.from_numpy(pose_matrix(frame["cam"], "transform_matrix"))).numpy()
     else:
         if (frame["w"], frame["h"]) != image.size:
             raise ValueError(f"{frame['image']} is {image.size}, the cameras say {(frame['w'], frame['h'])}")
         k = (frame["fx"], frame["fy"], frame["cx"], frame["cy"])
-        c2w = np.linalg.inv(np.asarray(frame["w2c"], dtype=np.float64))
+        c2w = np.linalg.inv(pose_matrix(frame, "w2c"))
     if resize:
         scale = resize / min(image.size)
         image, k = cover_resize(image, np.asarray(k), (round(image.height * scale), round(image.width * scale)))
@@ -142,7 +151,11 @@ def scene_sample(path: Path, key: str, args: argparse.Namespace, skipped: Counte
             continue
         try:
             png, camera = load_view(frame, args.resize)
-        except (OSError, ValueError) as exn:
+        except KeyError as exn:  # a camera without w2c, fx, transform_matrix …: only this view is bad
+            log.warning("skipping view %s: its camera has no %s", frame["image"], exn)
+            skipped["view without camera field"] += 1
+            continue
+        except (OSError, ValueError, TypeError, np.linalg.LinAlgError) as exn:
             log.warning("skipping view %s: %s", frame["image"], exn)
             skipped["unreadable view"] += 1
             continue

@@ -15,6 +15,7 @@ from datamodules.nvs import (
     SceneDecoder,
     check_scene,
     cover_resize,
+    frame_from_c2w,
     load_rgb,
 )
 from datamodules.prepare import main as prepare_main
@@ -88,6 +89,24 @@ def test_transforms_json_and_opencv_cameras_give_identical_rays(tmp_path, raw_sc
     rays_nerf = plucker_rays(views_nerf[1].float(), views_nerf[2].float(), SIZE, SIZE)
     torch.testing.assert_close(rays_nerf, rays_cv, atol=1e-5, rtol=0)
     torch.testing.assert_close(views_nerf[0], views_cv[0])
+
+
+def test_a_bad_camera_drops_only_its_view(tmp_path, raw_scene, capsys):
+    """One camera without ``w2c`` and one with a malformed ``w2c``: the scene keeps its other views."""
+    scene = write_opencv_scene(tmp_path / "cv" / "duck", raw_scene)
+    frames = json.loads((scene / "opencv_cameras.json").read_text())
+    del frames[1]["w2c"]
+    frames[4]["w2c"] = [[1.0, 0.0], [0.0, 1.0]]
+    (scene / "opencv_cameras.json").write_text(json.dumps(frames))
+    assert prepare_main(["nvs", str(tmp_path / "cv"), "--out", str(tmp_path / "out")]) == 0
+    assert "1 × view without camera field, 1 × unreadable view" in capsys.readouterr().out
+    (sample,) = read_samples(tmp_path / "out")
+    assert check_scene(sample) is None
+    kept = json.loads(sample["cameras.json"])["frames"]
+    expected = [frame_from_c2w(raw_scene[2][i], raw_scene[1][i], SIZE, SIZE) for i in (0, 2, 3, 5)]
+    assert len(kept) == VIEWS - 2
+    for frame, want in zip(kept, expected):
+        np.testing.assert_allclose(frame["w2c"], want["w2c"], atol=1e-6)
 
 
 def test_rgba_is_composited_on_white(raw_scene):

@@ -1,6 +1,8 @@
 """Shard specs, rank/worker splitting, exact-once evaluation, bad samples, the training stream."""
 
+import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -92,11 +94,14 @@ def test_bad_sample_is_skipped_and_counted(tmp_path):
     assert data.skipped_samples == 2
 
 
-def _train_keys(urls, seed=0, rank=0, resume_step=0, epochs=1, workers=0):
-    loader = shards.train_loader(urls, decode=lambda s: s["__key__"], collate=list, batch_size=4,
-                                 batches_per_epoch=5, shuffle_buffer=8, seed=seed, rank=rank,
-                                 num_workers=workers, counter=shards.SkipCounter(),
-                                 resume_step=resume_step)
+def _train_loader(urls, seed=0, rank=0, workers=0):
+    return shards.train_loader(urls, decode=lambda s: s["__key__"], collate=list, batch_size=4,
+                               batches_per_epoch=5, shuffle_buffer=8, seed=seed, rank=rank,
+                               num_workers=workers, counter=shards.SkipCounter())
+
+
+def _train_keys(urls, seed=0, rank=0, epochs=1, workers=0):
+    loader = _train_loader(urls, seed, rank, workers)
     return [_keys(loader) for _ in range(epochs)]
 
 
@@ -107,7 +112,6 @@ def test_training_stream_is_deterministic_and_reseeded(shard_dir):
     assert _train_keys(urls) == [first]
     assert _train_keys(urls, seed=1) != [first]
     assert _train_keys(urls, rank=1) != [first]
-    assert _train_keys(urls, resume_step=100) != [first]
     epoch1, epoch2 = _train_keys(urls, epochs=2)
     assert epoch1 == first and epoch2 != first
 
@@ -116,6 +120,62 @@ def test_training_stream_with_workers_yields_exact_epochs(shard_dir):
     urls = shards.resolve_shards(shard_dir, "train")
     keys = _train_keys(urls, workers=2)
     assert len(keys[0]) == 20 and keys == _train_keys(urls, workers=2)
+
+
+def _key_and_draw(sample):
+    """A decoder that draws from the global RNGs, like random windows and crops do."""
+    return sample["__key__"], round(random.random(), 6), round(torch.rand(()).item(), 6)
+
+
+def random_groups(items):
+    """A stateful batcher drawing from the global RNG: groups of 2-5 items (like packing)."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) >= random.randint(2, 5):
+            yield group
+            group = []
+
+
+@pytest.mark.parametrize("batcher", [None, random_groups], ids=["batched", "stateful_batcher"])
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop", [1, 3, 5])
+def test_training_stream_resumes_where_it_stopped(shard_dir, workers, stop, batcher):
+    """A loader restored from ``state_dict`` after ``stop`` batches of epoch 1 yields what an
+    uninterrupted loader yields next (decoders' and batchers' global-RNG draws included), in
+    epoch 2 too."""
+    urls = shards.resolve_shards(shard_dir, "train")
+
+    def loader():
+        return shards.train_loader(urls, decode=_key_and_draw, collate=list, batch_size=4,
+                                   batches_per_epoch=5, shuffle_buffer=8, seed=0, rank=0,
+                                   num_workers=workers, counter=shards.SkipCounter(), batcher=batcher)
+
+    uninterrupted = loader()
+    expected = list(uninterrupted) + list(uninterrupted)
+    first = loader()
+    seen = list(itertools.islice(iter(first), stop))
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": stop}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest_of_epoch = list(resumed) if stop < 5 else []  # a finished epoch: the next pass is epoch 2
+    assert seen + rest_of_epoch + list(resumed) == expected
+
+
+def test_training_stream_leaves_the_global_rng_alone(shard_dir):
+    """Without workers the decoders run in the training process: their draws come from the
+    loader's own RNG states, so the model's (dropout, noise) do not depend on the data."""
+    loader = shards.train_loader(shards.resolve_shards(shard_dir, "train"), decode=_key_and_draw,
+                                 collate=list, batch_size=4, batches_per_epoch=5, shuffle_buffer=8,
+                                 seed=0, rank=0, num_workers=0, counter=shards.SkipCounter())
+    torch.manual_seed(7)
+    random.seed(7)
+    list(loader)
+    after = torch.rand(()).item(), random.random()
+    torch.manual_seed(7)
+    random.seed(7)
+    assert after == (torch.rand(()).item(), random.random())
 
 
 def test_default_dataset_built_once(tmp_path):

@@ -5,6 +5,7 @@ FSDP2 fit → resume → test (``python main.py`` subprocesses)."""
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,10 +221,11 @@ def test_fsdp2_two_processes_fit_resume_with_ema_and_test(tmp_path, video_cache)
     run_main("fit", *fsdp, "--trainer.limit_val_batches=1")
     first = version_dir(tmp_path / "logs", 0) / "checkpoints" / "last.ckpt"
     assert first.is_dir()  # a distributed checkpoint; the EMA shards travel inside it
-    run_main("fit", *fsdp, "--trainer.max_steps=4", "--trainer.limit_val_batches=1", "--seed_everything=1",
-             "--ckpt_path", str(first))
-    resumed = version_dir(tmp_path / "logs", 1) / "checkpoints" / "last.ckpt"
-    assert_resumed_one_step(load_checkpoint(first), load_checkpoint(resumed), ema_decay=EMA(decay=0.9).current_decay(4))
-    run_main("test", *fsdp, "--ckpt_path", str(resumed))
-    curve = json.loads((version_dir(tmp_path / "logs", 2) / "test_continuation.json").read_text())
+    before = shutil.copytree(first, tmp_path / "before.ckpt")  # the resumed fit rewrites last.ckpt in place
+    # the schedule of the first run (a resumed fit would otherwise stretch it to its own max_steps)
+    run_main("fit", *fsdp, "--trainer.max_steps=4", "--model.init_args.max_steps_for_schedule=3",
+             "--trainer.limit_val_batches=1", "--seed_everything=1", "--ckpt_path", str(first))
+    assert_resumed_one_step(load_checkpoint(before), load_checkpoint(first), ema_decay=EMA(decay=0.9).current_decay(4))
+    run_main("test", *fsdp, "--ckpt_path", str(first))
+    curve = json.loads((version_dir(tmp_path / "logs", 1) / "test_continuation.json").read_text())
     assert curve["clips"] == 32  # 2 batches of 8 on each rank, summed over both ranks
