@@ -9,6 +9,8 @@ A subclass implements these hooks:
   random window or crop in training and a deterministic one in evaluation (default:
   ``decode_sample`` for every split).
 - ``collate(items) -> batch``: a list of decoded items → one batch (default: ``default_collate``).
+- ``batcher(split) -> stage | None`` (optional): a pipeline stage from the stream of decoded items
+  to batches, replacing ``batch_size`` items per ``collate`` (e.g. packing documents into windows).
 - ``build_default_dataset(root)``: write the embedded default dataset as
   ``root/{train,val,test}-%06d.tar`` (used when ``train_shards`` is None); bump the class
   attribute ``FORMAT_VERSION`` whenever its format changes, and set ``DEFAULT_NAME``.
@@ -104,6 +106,11 @@ class ShardDataModule(pl.LightningDataModule):
         """Collates decoded items into a batch."""
         return default_collate(items)
 
+    def batcher(self, split: str) -> Optional[Callable]:
+        """The stage from decoded items to batches of ``split`` (None: ``batch_size`` items per
+        :meth:`collate`). It must be a deterministic function of the item stream (resumption)."""
+        return None
+
     def build_default_dataset(self, root: Path) -> None:
         """Writes the embedded default dataset as ``root/{train,val,test}-%06d.tar``."""
         raise ValueError(
@@ -166,7 +173,7 @@ class ShardDataModule(pl.LightningDataModule):
             batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch(),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
             num_workers=self.num_workers, counter=self.skip_counter,
-            resume_step=step,
+            resume_step=step, batcher=self.batcher("train"),
         )
 
     def _eval_dataloader(self, split: str):
@@ -176,7 +183,7 @@ class ShardDataModule(pl.LightningDataModule):
         return shards.eval_loader(
             self.urls[split], decode=self.decoder(split), collate=self.collate,
             batch_size=self.batch_size, rank=rank, world_size=world,
-            num_workers=self.num_workers, counter=self.skip_counter,
+            num_workers=self.num_workers, counter=self.skip_counter, batcher=self.batcher(split),
         )
 
     def val_dataloader(self):

@@ -258,8 +258,12 @@ def _samples_stage(counter: SkipCounter):
 
 def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_size: int,
                  batches_per_epoch: int, shuffle_buffer: int, seed: int, rank: int,
-                 num_workers: int, counter: SkipCounter, resume_step: int = 0) -> EpochLoader:
+                 num_workers: int, counter: SkipCounter, resume_step: int = 0,
+                 batcher: Optional[Callable] = None) -> EpochLoader:
     """Builds the training loader: resampled shards → shuffle → decode → batch, ``batches_per_epoch`` per rank.
+
+    ``batcher``: the stage from decoded items to batches (e.g. packing documents into windows);
+    default ``wds.batched(batch_size, collate)``.
 
     Every rank yields exactly ``batches_per_epoch`` batches per epoch (``with_epoch``), so DDP
     ranks never wait on each other at an epoch boundary.
@@ -270,7 +274,7 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
         _samples_stage(counter),
         SeededShuffle(shuffle_buffer, stream),
         DecodeOrSkip(decode, counter),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
+        batcher or wds.batched(batch_size, collation_fn=collate, partial=False),
     )
     loader = EpochLoader(pipeline, stream, num_workers=num_workers,
                          persistent_workers=False, pin_memory=torch.cuda.is_available())
@@ -284,8 +288,10 @@ def train_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_
 
 def eval_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_size: int,
                 rank: int, world_size: int, num_workers: int,
-                counter: SkipCounter) -> wds.WebLoader:
+                counter: SkipCounter, batcher: Optional[Callable] = None) -> wds.WebLoader:
     """Builds an evaluation loader that yields each sample exactly once across ranks and workers.
+
+    ``batcher``: as for :func:`train_loader` (default ``wds.batched(batch_size, collate)``).
 
     With at least ranks × workers shards, shards are split by rank and then by worker; with
     fewer, every rank and worker reads all shards and keeps its own share of the samples.
@@ -299,7 +305,7 @@ def eval_loader(urls: list[str], *, decode: Callable, collate: Callable, batch_s
     pipeline = wds.DataPipeline(
         *stages,
         DecodeOrSkip(decode, counter),
-        wds.batched(batch_size, collation_fn=collate, partial=True),
+        batcher or wds.batched(batch_size, collation_fn=collate, partial=True),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                          pin_memory=torch.cuda.is_available())
