@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 

@@ -6,11 +6,11 @@ import random
 import pytest
 import torch
 
-from datamodules.packing import PackedEvaluation, PackedWindows, WindowBuilder
+from datamodules.packing import PackedWindows, WindowBuilder
+from datamodules.prepare import main as prepare_main
 from datamodules.text import IGNORE_INDEX, TextDataModule, stdlib_files
 from datamodules.tokenizers import ByteTokenizer
 from tests.datamodules.test_text import _doc, _write
-from datamodules.prepare import main as prepare_main
 
 BOS, PAD = ByteTokenizer.bos_id, ByteTokenizer.pad_id
 
