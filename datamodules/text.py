@@ -1,21 +1,33 @@
-"""`TextDataModule`: documents from text shards → fixed-length token windows, never packed.
+"""`TextDataModule`: documents from text shards → LM windows, packed (``pack``) or one document each.
 
-Each window holds tokens of **one** document (``<bos>`` + its tokens), so fast weights, which
-ignore document boundaries inside a sequence (LACT_SPEC.md §6.3 item 4), never carry one
-document into another: every window starts from fresh state. Windows shorter than ``seq_len``
-(the end of a document) are padded and the padding is masked out of the loss (label −100).
+Packed (``pack=True``, the default of ``configs/lm.yaml``; see :mod:`datamodules.packing`): a batch
+is one row ``[1, batch_size · seq_len]`` of ``batch_size`` windows filled with whole documents
+(``<bos>`` + tokens) in stream order, with ``cu_seqlens`` (the model computes every document as if
+alone: fresh fast weights, attention and RoPE positions from its start). A document that does not
+fit continues in the next window, started afresh there; padding only at the very end of a stream.
+
+- training: the resampled stream of documents, packed;
+- validation / test: documents of at most ``seq_len`` tokens packed whole; a longer one is a batch
+  of its own (its consecutive windows as rows, flagged ``one_document``) that the task scores
+  window after window carrying the model's cache, so every token is scored with all its context.
+
+Unpacked (``pack=False``, for ablations), each window holds tokens of **one** document and
+windows shorter than ``seq_len`` are padded:
 
 - training: one random window of ``seq_len + 1`` tokens per document drawn from the resampled
   stream (the whole document when shorter);
 - evaluation: every window of each document in order (inputs ``[s, s + T)``, labels
-  ``[s + 1, s + T]``), so each token after ``<bos>`` is predicted exactly once — at most
-  ``max_eval_windows`` per document;
-- predict: prompts from the command line or a text file (no shards needed).
+  ``[s + 1, s + T]``), each starting from fresh state.
 
-Batches are dicts ``input_ids: [N, T]``, ``labels: [N, T]`` (−100 = padding) and
-``label_bytes: [N, T]`` (UTF-8 bytes of each label token, for bits per byte).
-With no shards configured, the embedded default is the running Python's standard library
-source (``*.py``, site-packages excluded), split into train/val/test by file.
+Either way each token after ``<bos>`` is a label exactly once in evaluation; validation scores at
+most ``max_eval_windows`` windows of a document (its beginning), test all of them.
+Predict: prompts from the command line or a text file (no shards needed).
+
+Batches are dicts ``input_ids``, ``labels`` (−100 = no next token: padding, a document's last
+token) and ``label_bytes`` (UTF-8 bytes of each label token, for bits per byte), ``[N, T]``, plus
+``cu_seqlens`` when packed. With no shards configured, the embedded default is the running
+Python's standard library source (``*.py``, site-packages excluded), split into train/val/test by
+file.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import random
 import sys
 import sysconfig
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.base import ShardDataModule
+from datamodules.packing import PackedEvaluation, PackedWindows, WindowBuilder
 from datamodules.prepare.text import write_text_shards
 from datamodules.tokenizers import build_tokenizer
 from lact_app.constants import IGNORE_INDEX
@@ -68,17 +82,20 @@ class TextDataModule(ShardDataModule):
 
     Args:
         seq_len: tokens per training / evaluation window T.
+        pack: pack documents into windows (``cu_seqlens``); ``batch_size`` then counts windows
+            of ``seq_len`` per batch, concatenated into one row. False: one document per window,
+            ``batch_size`` documents per batch.
         tokenizer: ``"byte"`` (UTF-8 bytes + <bos>, <pad>: vocab 258) or the path of a
             ``.tiktoken`` BPE ranks file (e.g. GPT-2's; needs the ``tiktoken`` extra).
-        max_eval_windows: evaluate at most this many windows per document (its beginning);
-            None: all of them.
+        max_eval_windows: validation scores at most this many windows per document (its
+            beginning); None: all of them. Test always scores every token.
         prompts: predict: prompts to continue (``\\n`` and ``\\t`` are unescaped).
         prompts_file: predict: a text file with one prompt per line (same escapes).
             Without prompts, predict samples one document from ``<bos>`` alone.
         max_new_tokens: predict: tokens to generate per prompt.
         temperature: predict: sampling temperature (0: greedy).
         top_k: predict: sample among the k most likely tokens only (None: all).
-        **kwargs: see ``ShardDataModule`` (shards, batch size in documents, workers, …).
+        **kwargs: see ``ShardDataModule`` (shards, batch size, workers, …).
     """
 
     DEFAULT_NAME = f"python{sys.version_info.major}.{sys.version_info.minor}-stdlib"
@@ -87,6 +104,7 @@ class TextDataModule(ShardDataModule):
     def __init__(
         self,
         seq_len: int = 2048,
+        pack: bool = False,
         tokenizer: str = "byte",
         max_eval_windows: Optional[int] = None,
         prompts: Optional[list[str]] = None,
@@ -99,7 +117,7 @@ class TextDataModule(ShardDataModule):
         super().__init__(**kwargs)
         if seq_len < 1 or (max_eval_windows is not None and max_eval_windows < 1):
             raise ValueError(f"seq_len and max_eval_windows must be >= 1, got {seq_len}, {max_eval_windows}")
-        self.seq_len, self.max_eval_windows = seq_len, max_eval_windows
+        self.seq_len, self.pack, self.max_eval_windows = seq_len, pack, max_eval_windows
         self.tokenizer = build_tokenizer(tokenizer)
         self.prompts, self.prompts_file = list(prompts or []), prompts_file
         self.generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k}
@@ -135,13 +153,20 @@ class TextDataModule(ShardDataModule):
         label_bytes[:n] = self.tokenizer.token_bytes[piece[1:]]
         return {"input_ids": inputs, "labels": labels, "label_bytes": label_bytes}
 
-    def decode_sample(self, sample: dict) -> Optional[list[dict[str, torch.Tensor]]]:
-        """A document → its evaluation windows (all, or the first ``max_eval_windows``)."""
-        ids = self.document_ids(sample)
-        if ids is None:
-            return None
-        starts = range(0, max(ids.numel() - 1, 1), self.seq_len)[: self.max_eval_windows]
+    def document_windows(self, ids: torch.Tensor, limit: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
+        """A document's consecutive evaluation windows (the first ``limit``; None: all)."""
+        starts = range(0, max(ids.numel() - 1, 1), self.seq_len)[:limit]
         return [self.window(ids, s) for s in starts]
+
+    def decode_sample(self, sample: dict) -> Optional[list[dict[str, torch.Tensor]]]:
+        """A document → its validation windows (all, or the first ``max_eval_windows``)."""
+        ids = self.document_ids(sample)
+        return None if ids is None else self.document_windows(ids, self.max_eval_windows)
+
+    def decode_test_sample(self, sample: dict) -> Optional[list[dict[str, torch.Tensor]]]:
+        """A document → all its windows (test scores every token)."""
+        ids = self.document_ids(sample)
+        return None if ids is None else self.document_windows(ids)
 
     def decode_training_sample(self, sample: dict) -> Optional[list[dict[str, torch.Tensor]]]:
         """A document → one window at a uniformly random start."""
@@ -156,8 +181,21 @@ class TextDataModule(ShardDataModule):
         return {key: torch.stack([w[key] for w in windows]) for key in windows[0]}
 
     def decoder(self, split: str):
-        """Training draws one random window per document; evaluation reads all of them."""
-        return self.decode_training_sample if split == "train" else self.decode_sample
+        """Packed: every split decodes documents (the batcher packs them). Unpacked: training draws
+        one random window per document; validation reads up to ``max_eval_windows``, test all."""
+        if self.pack:
+            return self.document_ids
+        return {"train": self.decode_training_sample, "test": self.decode_test_sample}.get(split, self.decode_sample)
+
+    def batcher(self, split: str):
+        """Packed: documents → packed batches (:mod:`datamodules.packing`); unpacked: the default."""
+        if not self.pack or split == "predict":
+            return None
+        build = WindowBuilder(self.seq_len, self.tokenizer.pad_id, self.tokenizer.token_bytes)
+        if split == "train":
+            return PackedWindows(build, self.batch_size, shuffle=True)
+        limit = self.max_eval_windows if split == "val" else None
+        return PackedEvaluation(build, self.batch_size, partial(self.document_windows, limit=limit))
 
     # -- predict ------------------------------------------------------------------------------
 

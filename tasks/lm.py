@@ -29,6 +29,7 @@ from torchmetrics import Metric
 from lact_app.constants import IGNORE_INDEX
 from lact_app.models.lm import LM_BACKBONE, LM_FAST_WEIGHT, LaCTLM
 from lact_app.nn import BackboneConfig, FastWeightConfig
+from lact_app.nn.packing import Packing
 from tasks.base import LaCTTask
 
 
@@ -53,12 +54,19 @@ class TokenLoss(Metric):
         self.seq_len = 0
 
     def update(self, nll: torch.Tensor, mask: torch.Tensor, label_bytes: torch.Tensor,
-               unigram_nll: torch.Tensor | None = None) -> None:
+               unigram_nll: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+               span: int | None = None) -> None:
         """nll, mask, label_bytes: [N, T] (nll zero where mask is False); unigram_nll: [N, T], the
-        baseline's NLL of the same labels (zero where mask is False), or None."""
+        baseline's NLL of the same labels (zero where mask is False), or None; positions: [N, T]
+        each token's position in its document (default: 0 … T − 1 per row). The loss-by-position
+        curve covers positions [0, span) (default T); later positions count in the totals only."""
         T = nll.size(1)
-        self.seq_len = T
-        bucket = torch.arange(T, device=nll.device) * self.num_buckets // T
+        span = span or T
+        self.seq_len = span
+        if positions is None:
+            positions = torch.arange(T, device=nll.device).expand_as(nll)
+        in_curve = positions < span
+        bucket = (positions.clamp(max=span - 1) * self.num_buckets // span).flatten()
         # out of place: states reset under inference mode (``validate``) must not be updated in place
         # under ``no_grad`` (validation inside ``fit``)
         self.nll = self.nll + nll.double().sum()
@@ -66,8 +74,8 @@ class TokenLoss(Metric):
         self.bytes = self.bytes + label_bytes.sum()
         if unigram_nll is not None:
             self.unigram_nll = self.unigram_nll + unigram_nll.double().sum()
-        self.bucket_nll = self.bucket_nll.index_add(0, bucket, nll.double().sum(0))
-        self.bucket_tokens = self.bucket_tokens.index_add(0, bucket, mask.double().sum(0))
+        self.bucket_nll = self.bucket_nll.index_add(0, bucket, (nll.double() * in_curve).flatten())
+        self.bucket_tokens = self.bucket_tokens.index_add(0, bucket, (mask & in_curve).double().flatten())
 
     def compute(self) -> dict[str, torch.Tensor]:
         loss = self.nll / self.tokens.clamp(min=1)
@@ -77,12 +85,32 @@ class TokenLoss(Metric):
             "ppl": loss.exp(),
             "bpb": self.nll / bits,
             "unigram_bpb": self.unigram_nll / bits,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
             "loss_by_position": self.bucket_nll / self.bucket_tokens.clamp(min=1),
             "tokens_by_position": self.bucket_tokens,
         }
         if self.vocab_size:
             metrics["uniform_bpb"] = self.tokens * math.log(self.vocab_size) / bits
         return metrics
+
+
+def label_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits: [N, T, V], labels: [N, T] -> NLL [N, T] in fp32, zero where the label is ``IGNORE_INDEX``."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="none").view_as(labels)
+
+
+def token_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each input token's position in its document: [N, T] (packed: from ``cu_seqlens``; one long
+    document's rows: consecutive; plain windows: 0 … T − 1 per row)."""
+    ids = batch["input_ids"]
+    N, T = ids.shape
+    if batch.get("cu_seqlens") is not None:
+        return Packing(batch["cu_seqlens"], T, ids.device).positions[None]
+    if batch.get("one_document"):
+        return torch.arange(N * T, device=ids.device).view(N, T)
+    return torch.arange(T, device=ids.device).expand(N, T)
 
 
 def loss_by_position_figure(bucket_start: list[int], losses: list[float]) -> Figure:
@@ -147,6 +175,7 @@ class LMTask(LaCTTask):
         # Label counts of the training data (all ranks'), saved with the model: the unigram baseline.
         # int64: exact, and left alone by precision casts of floating tensors.
         self.register_buffer("unigram_counts", torch.zeros(vocab_size, dtype=torch.long))
+        self.position_span: Optional[int] = None  # set from the datamodule's seq_len in setup
 
     # -- hooks of the base ------------------------------------------------------------------------
 
@@ -154,6 +183,7 @@ class LMTask(LaCTTask):
         return list(self.model.blocks)
 
     def setup(self, stage: str) -> None:
+        self.position_span = getattr(self.trainer.datamodule, "seq_len", None)
         data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
         if data_vocab is not None and data_vocab > self.model.vocab_size:
             raise ValueError(f"the tokenizer has {data_vocab} tokens but the model only {self.model.vocab_size}: "
@@ -161,9 +191,9 @@ class LMTask(LaCTTask):
 
     # -- model --------------------------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids: [B, T] -> logits [B, T, V]."""
-        return self.model(input_ids)
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids: [B, T] (packed: [1, T] with cu_seqlens [N + 1]) -> logits [B, T, V]."""
+        return self.model(input_ids, cu_seqlens=cu_seqlens)
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: Optional[int] = None, use_cache: bool = True) -> torch.Tensor:
@@ -172,12 +202,27 @@ class LMTask(LaCTTask):
             return self.model.generate(prompt_ids, max_new_tokens, temperature, top_k=top_k, use_cache=use_cache)
 
     def token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token NLL [N, T] (zero on padding) and the label mask [N, T]."""
-        logits = self(batch["input_ids"])
+        """Per-token NLL [N, T] (zero where there is no label) and the label mask [N, T].
+
+        A packed batch (``cu_seqlens``) is one row of documents each computed alone; a
+        ``one_document`` batch holds one long document's consecutive windows as rows, scored
+        window after window with the model's cache carried over (every token sees all its context).
+        """
         labels = batch["labels"]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                              reduction="none").view_as(labels)
+        if batch.get("one_document"):
+            cache = self.model.new_cache()
+            nll = torch.cat([label_nll(self.model(ids[None], cache), row[None])
+                             for ids, row in zip(batch["input_ids"], labels)])  # fmt: skip
+        else:
+            nll = label_nll(self(batch["input_ids"], batch.get("cu_seqlens")), labels)
         return nll, labels != IGNORE_INDEX
+
+    def eval_update(self, metric: TokenLoss, batch: dict[str, torch.Tensor], unigram: bool = False) -> None:
+        """Adds a validation / test batch to ``metric``; the loss-by-position curve spans the
+        datamodule's ``seq_len`` (the training context) of positions in the document."""
+        metric.update(*self.token_nll(batch), batch["label_bytes"],
+                      self.unigram_nll(batch["labels"]) if unigram else None,
+                      positions=token_positions(batch), span=self.position_span)  # fmt: skip
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -214,16 +259,18 @@ class LMTask(LaCTTask):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.val_metric.update(*self.token_nll(batch), batch["label_bytes"])
+        self.eval_update(self.val_metric, batch)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.test_metric.update(*self.token_nll(batch), batch["label_bytes"], self.unigram_nll(batch["labels"]))
+        self.eval_update(self.test_metric, batch, unigram=True)
 
     def on_validation_epoch_end(self) -> None:
         self.log_summary("val", self.val_metric)
 
     def on_test_epoch_end(self) -> None:
         metrics = self.log_summary("test", self.test_metric)
+        for key in ("tokens", "bytes"):  # what was scored (already summed over ranks)
+            self.log(f"test/{key}", metrics[key])
         for key in ("uniform_bpb", "unigram_bpb"):
             self.log(f"test/baseline/{key}", metrics[key].float(), sync_dist=True)
         self.report_loss_by_position(metrics)

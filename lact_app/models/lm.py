@@ -20,6 +20,7 @@ from torch import nn
 
 from ..nn import BackboneConfig, FastWeightConfig, MixerCache
 from ..nn.hybrid import HybridBlock, HybridLaCTAttention
+from ..nn.packing import Packing
 
 #: The reference LM's LaCT layer (LACT_SPEC.md §3.2): 4 heads of D = H = d / 4, momentum,
 #: low-rank + 0.5·I initial w0/w2; chunks of 512 tokens at this project's CPU scale (2048 there).
@@ -120,15 +121,26 @@ class LaCTLM(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, cache: Optional[LMCache] = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, cache: Optional[LMCache] = None, cu_seqlens: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """input_ids: [B, T] -> logits [B, T, V].
 
         Without a cache the tokens are whole sequences from position 0; with one they continue
-        the cached sequence and the cache is advanced in place.
+        the cached sequence and the cache is advanced in place. With ``cu_seqlens`` ([N + 1] int,
+        0 … T; B = 1, no cache) the row packs N documents ``[cu_seqlens[i], cu_seqlens[i + 1])``,
+        each computed as if alone: its own RoPE positions from 0, attention inside it, LaCT chunks
+        aligned to its start from fresh fast weights.
         """
+        packing = None
+        if cu_seqlens is not None:
+            if cache is not None or input_ids.size(0) != 1:
+                raise ValueError(f"packed documents (cu_seqlens) need one row [1, T] and no cache, "
+                                 f"got input_ids {tuple(input_ids.shape)} and cache={cache is not None}")
+            packing = Packing(cu_seqlens, input_ids.size(1), input_ids.device)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
-            x, layer_cache = block(x, None if cache is None else cache[i])
+            x, layer_cache = block(x, None if cache is None else cache[i], packing)
             if cache is not None:
                 cache[i] = layer_cache
         return self.head(self.norm(x))

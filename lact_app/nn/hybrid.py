@@ -24,6 +24,7 @@ from .config import BackboneConfig, FastWeightConfig, check_memory
 from .lact_layer import LaCTLayer
 from .masks import causal_window_blocks
 from .mlp import SwiGLUMLP
+from .packing import Packing
 from .rotary import RotaryEmbedding
 
 
@@ -95,24 +96,42 @@ class HybridLaCTAttention(nn.Module):
             self.lact = LaCTLayer(dim, fast_weight, projections=False, qk_affine=True, gate="head",
                                   rope=self.rope if fast_rope else None, v_silu=fast_v_silu)  # fmt: skip
 
-    def forward(self, h: torch.Tensor, cache: Optional[MixerCache] = None) -> tuple[torch.Tensor, Optional[MixerCache]]:
+    def forward(
+        self, h: torch.Tensor, cache: Optional[MixerCache] = None, packing: Optional[Packing] = None
+    ) -> tuple[torch.Tensor, Optional[MixerCache]]:
         """h: [B, L, dim] (normed layer input) -> y: [B, L, dim], and the advanced cache.
 
         Without a cache the tokens are a whole sequence from position 0 and no cache is returned;
         with one they continue the sequence the cache describes (``MixerCache()`` starts one).
+        With ``packing`` (B = 1, no cache) the row holds packed documents, each computed as if alone.
         """
         pos = 0 if cache is None else cache.pos
-        positions = torch.arange(pos, pos + h.size(1), device=h.device)
+        if packing is not None:
+            positions = packing.positions
+        else:
+            positions = torch.arange(pos, pos + h.size(1), device=h.device)
         q, k, v = self.qkv(h).chunk(3, dim=-1)
-        out, kv = self._attention(q, k, v, positions, cache)
+        if packing is None:
+            out, kv = self._attention(q, k, v, positions, cache)
+        else:
+            out, kv = self._packed_attention(q, k, v, packing), (None, None)
         fast = pending = None
         if self.lact is not None:
-            lact, fast, pending = self.lact.causal(h, qkv=(q, k, v), positions=positions, cache=cache)
+            cu_seqlens = None if packing is None else packing.cu_seqlens
+            lact, fast, pending = self.lact.causal(h, qkv=(q, k, v), positions=positions, cache=cache,
+                                                   cu_seqlens=cu_seqlens)  # fmt: skip
             out = out + lact
         y = self.o_proj(out)
         if cache is None:
             return y, None
         return y, MixerCache(pos + h.size(1), fast, pending, *kv)
+
+    def _packed_attention(self, q, k, v, packing: Packing) -> torch.Tensor:
+        """Window (or full) causal attention inside each packed document: q, k, v: [1, T, dim] -> [1, T, dim]."""
+        q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.num_attn_heads) for t in (q, k, v))
+        q, k = self.rope.apply(q, packing.positions), self.rope.apply(k, packing.positions)
+        o = attend(q, k, v, blocks=packing.attention_blocks(self.window))
+        return rearrange(o, "b h l d -> b l (h d)")
 
     def _attention(self, q, k, v, positions, cache):
         """Window attention of the new tokens over the cached and new keys.  -> ([B, L, dim], (keys, values))."""
@@ -146,8 +165,10 @@ class HybridBlock(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim, eps=norm_eps)
         self.mlp = SwiGLUMLP(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor, cache: Optional[MixerCache] = None) -> tuple[torch.Tensor, Optional[MixerCache]]:
+    def forward(
+        self, x: torch.Tensor, cache: Optional[MixerCache] = None, packing: Optional[Packing] = None
+    ) -> tuple[torch.Tensor, Optional[MixerCache]]:
         """x: [B, L, dim] -> [B, L, dim] and the mixer's advanced cache (None without one)."""
-        y, cache = self.mixer(self.mixer_norm(x), cache)
+        y, cache = self.mixer(self.mixer_norm(x), cache, packing)
         x = x + y
         return x + self.mlp(self.mlp_norm(x)), cache

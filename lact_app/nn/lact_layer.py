@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..ops import FastWeights, Op, causal_schedule
+from ..ops import FastWeights, Op, causal_schedule, packed_causal_schedule
 from .cache import MixerCache
 from .config import FastWeightConfig
 from .fast_inputs import FastInputs, FastWeightInputs
@@ -152,6 +152,7 @@ class LaCTLayer(nn.Module):
         qkv: Optional[QKV] = None,
         positions: Optional[torch.Tensor] = None,
         cache: Optional[MixerCache] = None,
+        cu_seqlens: Optional[Sequence[int]] = None,
     ) -> tuple[torch.Tensor, Optional[FastWeights], Optional[FastInputs]]:
         """Causal apply-then-update chunks of ``config.chunk`` tokens aligned at 0 (LACT_SPEC.md §1.9(a)).
 
@@ -159,6 +160,9 @@ class LaCTLayer(nn.Module):
         skipped). With one, x continues the sequence: the queries of the new tokens read the
         cached fast weights until their chunk completes; the incomplete chunk's inputs are kept
         (``pending``) and update the fast weights when it does.
+
+        With ``cu_seqlens`` (no cache) x packs documents ``[cu_seqlens[i], cu_seqlens[i + 1])``:
+        chunks align at each document's start and the fast weights restart from the initial ones.
 
         Returns:
             y: [B, L, dim]; the fast weights and the pending inputs to cache (None without a cache).
@@ -168,7 +172,11 @@ class LaCTLayer(nn.Module):
         new = self.fast_inputs(x, qkv, positions)
         L = x.size(1)
         if cache is None:
-            o, _ = self.branch(new, causal_schedule(L, self.chunk, update_last=False))
+            if cu_seqlens is None:
+                schedule = causal_schedule(L, self.chunk, update_last=False)
+            else:
+                schedule = packed_causal_schedule(cu_seqlens, self.chunk, update_last=False)
+            o, _ = self.branch(new, schedule)
             return self.finish(x, o), None, None
         applied = 0 if cache.pending is None else cache.pending.k.size(1)
         keep = new._replace(q=None)

@@ -43,6 +43,20 @@ def causal_schedule(L: int, chunk: int, update_last: bool = True) -> list[Op]:
     return ops
 
 
+def packed_causal_schedule(cu_seqlens: Sequence[int], chunk: int, update_last: bool = False) -> list[Op]:
+    """The causal schedule of packed documents (the fla / flash-attention ``cu_seqlens`` convention).
+
+    Document i covers ``[cu_seqlens[i], cu_seqlens[i + 1])``; each gets :func:`causal_schedule`
+    with chunks aligned at its own start (a last partial chunk per document), its first op resetting
+    the state, so every document runs as if alone.
+    """
+    ops: list[Op] = []
+    for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        doc = causal_schedule(end - start, chunk, update_last)
+        ops += [op._replace(start=op.start + start, end=op.end + start, reset=i == 0) for i, op in enumerate(doc)]
+    return ops
+
+
 def bidirectional_schedule(L: int) -> list[Op]:
     """Set schedule (LACT_SPEC.md §1.9(b)): one update over all ``L`` tokens, then apply to all."""
     if L <= 0:

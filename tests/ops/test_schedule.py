@@ -2,7 +2,7 @@
 
 import pytest
 
-from lact_app.ops import Op, bidirectional_schedule, causal_schedule, validate_schedule
+from lact_app.ops import Op, bidirectional_schedule, causal_schedule, packed_causal_schedule, validate_schedule
 
 
 def test_causal_schedule_applies_then_updates_complete_chunks():
@@ -18,6 +18,15 @@ def test_causal_schedule_training_skips_the_last_chunk():
         Op(0, 4, False, True), Op(0, 4, True, False), Op(4, 8, False, True),
     ]
     assert causal_schedule(3, 4) == [Op(0, 3, False, True)]
+
+
+def test_packed_schedule_aligns_chunks_to_each_document_and_resets():
+    """Documents of 1, 4 (one chunk) and 6 tokens: each its own causal schedule, reset at its start."""
+    assert packed_causal_schedule([0, 1, 5, 11], 4) == [
+        Op(0, 1, False, True, reset=True),
+        Op(1, 5, False, True, reset=True),
+        Op(5, 9, False, True, reset=True), Op(5, 9, True, False), Op(9, 11, False, True),
+    ]
 
 
 def test_bidirectional_schedule():
