@@ -130,9 +130,36 @@ def update_fast_weights(
     Order (LACT_SPEC.md §6.1 item 3): gradient → momentum → Muon → add → row renormalisation.
     ``ns_dtype``: dtype of the Newton–Schulz iteration (None: the state dtype).
     """
+    d02, d1 = update_directions(fw, k, v, lr, token_block)
+    return take_step(fw, d02, d1, momentum, use_muon=use_muon, weight_norm=weight_norm, ns_coeffs=ns_coeffs,
+                     ns_dtype=ns_dtype)  # fmt: skip
+
+
+def update_directions(
+    fw: FastWeights, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, token_block: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fast_weight_grads` in the state's dtype: the (Δw02, Δw1) that :func:`take_step` takes."""
     state_dtype = fw.w02.dtype
-    d02, d1 = fast_weight_grads(fw, k, v, lr, token_block)
-    d02, d1 = d02.to(state_dtype), d1.to(state_dtype)
+    return tuple(d.to(state_dtype) for d in fast_weight_grads(fw, k, v, lr, token_block))
+
+
+def take_step(
+    fw: FastWeights,
+    d02: torch.Tensor,
+    d1: torch.Tensor,
+    momentum: Optional[torch.Tensor] = None,
+    *,
+    use_muon: bool = False,
+    weight_norm: bool = True,
+    ns_coeffs: Coeffs = LM_NS_COEFFS,
+    ns_dtype: Optional[torch.dtype] = None,
+) -> FastWeights:
+    """The inner step after the gradient: momentum → Muon → add → row renormalisation.
+
+    d02: [B, 2H, D], d1: [B, D, H]: the update directions of :func:`fast_weight_grads` in the state's
+    dtype; momentum: [B, n, 1] of the chunk's tokens or None.
+    """
+    state_dtype = fw.w02.dtype
     moments = {}
     if momentum is not None:
         d02, d1 = _with_momentum(fw, d02, d1, momentum)
