@@ -52,11 +52,13 @@ def assert_same(ours, ref, tol):
             assert grads[name] is not None and rel_err(grads[name], grads_ref[name]) <= tol, name
 
 
+@pytest.mark.parametrize("token_block", [None, 5], ids=["one_block", "blocks_of_5"])
 @pytest.mark.parametrize("name", ["causal", "causal_train", "bidirectional", "nvs", "interleaved", "packed"])
 @pytest.mark.parametrize("momentum,use_muon,weight_norm", FLAGS)
-def test_gradients_equal_plain_autograd_float64(name, momentum, use_muon, weight_norm):
+def test_gradients_equal_plain_autograd_float64(name, momentum, use_muon, weight_norm, token_block):
+    """With blocks of 5 tokens the replay backpropagates every update and apply block by block."""
     schedule = schedules(37)[name]
-    switches = {"momentum": momentum, "use_muon": use_muon, "weight_norm": weight_norm}
+    switches = {"momentum": momentum, "use_muon": use_muon, "weight_norm": weight_norm, "token_block": token_block}
     assert_same(run(True, schedule, **switches), run(False, schedule, **switches), 1e-10)
 
 
@@ -97,7 +99,7 @@ def test_gradients_equal_plain_autograd_under_bf16_autocast(switches):
 
 
 def test_backward_keeps_only_the_state_at_each_update():
-    """Saved for the backward: the inputs and one state per update, no per-token activation."""
+    """Saved for the backward: the inputs and three states per update, no per-token activation."""
     B, L, D, H, chunk = 2, 64, 8, 12, 8
     t = make_inputs(B=B, L=L, D=D, H=H, momentum=True, requires_grad=True)
     schedule = causal_schedule(L, chunk)
@@ -112,5 +114,5 @@ def test_backward_keeps_only_the_state_at_each_update():
     inputs = sum(t[n].numel() for n in ("q", "k", "v", "lr", "momentum"))
     state, norms = B * 3 * H * D, B * (2 * H + D)  # (w02, w1) and (norm02, norm1)
     initial = 2 * (state + norms)  # kept by the row norms' backward and by the op
-    bound = inputs + initial + 2 * state * (L // chunk)  # weights + momentum before each update
+    bound = inputs + initial + 3 * state * (L // chunk)  # weights + momentum before, directions of each update
     assert saved_numel(True) <= bound < saved_numel(False) / 5
