@@ -131,8 +131,8 @@ def op_memory(s: Setting, recompute: bool) -> dict:
 
 
 def lm_step(seq_len: int, recompute: bool) -> dict:
-    """Seconds of one training step (forward, backward, AdamW; after one warm-up step) of the
-    configs/lm.yaml LM on one sequence (run in a fresh process)."""
+    """Seconds of one training step (forward, backward, AdamW; median of 3 after a warm-up step) of
+    the configs/lm.yaml LM on one sequence (run in a fresh process)."""
     torch.manual_seed(0)
     args = model_args()
     fast_weight = FastWeightConfig(**{**args["fast_weight"], "recompute": recompute})
@@ -146,10 +146,7 @@ def lm_step(seq_len: int, recompute: bool) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    start = time.perf_counter()
-    step()
-    seconds = time.perf_counter() - start
+    seconds = median_seconds(step, repeats=3, warmup=1)
     return {"what": "LM training step", "setting": f"L={seq_len}", "recompute": recompute, "s": seconds,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
