@@ -164,6 +164,6 @@ class FastWeightBranch(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, hidden={self.hidden}, "
-            f"w_init={self.w_init!r}, use_muon={self.use_muon}, ns_dtype={self.ns_dtype}, weight_norm={self.weight_norm}, "
-            f"recompute={self.recompute}"
+            f"w_init={self.w_init!r}, use_muon={self.use_muon}, ns_dtype={self.ns_dtype}, "
+            f"weight_norm={self.weight_norm}, recompute={self.recompute}"
         )

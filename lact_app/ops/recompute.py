@@ -170,7 +170,8 @@ class _RecomputedOps(torch.autograd.Function):
                 fw = _step(fw, d, momentum, plan.rule)
             for op in seg.ops:
                 if op.apply:
-                    pieces.append((op.start, op.end, apply_fast_weights(fw, x.q[:, op.start : op.end], plan.rule.token_block)))
+                    o = apply_fast_weights(fw, x.q[:, op.start : op.end], plan.rule.token_block)
+                    pieces.append((op.start, op.end, o))
         ctx.save_for_backward(*tensors, *kept)
         ctx.plan = plan
         device = x.q.device.type  # the replay must round as the forward did

@@ -1,17 +1,14 @@
 """The memory-saving backward (``recompute=True``) gives plain autograd's values and gradients."""
 
-import itertools
-
 import pytest
 import torch
 
 from lact_app.ops import FastWeights, Op, causal_schedule, lact_swiglu
 
 from .helpers import make_inputs, rel_err
-from .test_parity import schedules
+from .test_parity import FLAGS, schedules
 
 INPUTS = ("w0", "w1", "w2", "q", "k", "v", "lr", "momentum", "mom02", "mom1")
-FLAGS = list(itertools.product([False, True], repeat=3))  # momentum, muon, weight_norm
 
 
 def run(recompute, schedule, *, dtype=torch.float64, momentum=True, detach_norms=False, autocast=False, **switches):
