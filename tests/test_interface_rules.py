@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT
 
 PACKAGES = ("lact_app", "tasks", "datamodules")
 FAST_WEIGHT_KNOBS = ("chunk", "heads", "inter_multi", "base_lr", "use_momentum", "use_muon", "w_init", "low_rank",
-                     "init_gain", "weight_norm")  # fmt: skip
+                     "init_gain", "weight_norm", "recompute")  # fmt: skip
 BACKBONE_KNOBS = ("dim", "depth", "heads", "mlp_ratio", "rope_theta")
 KNOBS = FAST_WEIGHT_KNOBS + BACKBONE_KNOBS
 

@@ -66,6 +66,9 @@ class FastWeightConfig:
         low_rank: rank r of the low-rank w0/w2.
         init_gain: gain of the low-rank factors (L ~ N(0, (g/√r)²), R ~ N(0, (g/√D)²)).
         weight_norm: rescale each fast-weight row to its initial norm after every update.
+        recompute: the op's memory-saving backward: keep only the fast-weight state at each update
+            and recompute the chunks' intermediates in the backward (same values and gradients,
+            a fraction of the activation memory, one more forward of the op).
     """
 
     chunk: Optional[int] = None
@@ -81,6 +84,7 @@ class FastWeightConfig:
     low_rank: int = 32
     init_gain: float = 0.5
     weight_norm: bool = True
+    recompute: bool = True
 
     def __post_init__(self) -> None:
         reject_unless(self, "fast_weight", (

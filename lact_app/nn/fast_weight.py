@@ -87,6 +87,7 @@ class FastWeightBranch(nn.Module):
         # "float32": no cast, the iteration runs in the state dtype (fp32, or fp64 in exactness tests)
         self.ns_dtype = torch.bfloat16 if config.ns_dtype == "bfloat16" else None
         self.weight_norm, self.detach_norms, self.state_dtype = config.weight_norm, detach_norms, state_dtype
+        self.recompute = config.recompute
         n, h, d, r = config.heads, self.hidden, head_dim, config.low_rank
         if config.w_init == "low_rank":  # learned factors; the identity term is fixed (LM reference)
             self.w0_left = nn.Parameter(torch.empty(n, h, r))
@@ -156,11 +157,13 @@ class FastWeightBranch(nn.Module):
             weight_norm=self.weight_norm,
             ns_coeffs=self.ns_coeffs,
             ns_dtype=self.ns_dtype,
+            recompute=self.recompute,
         )
         return merge_heads(o, n), state
 
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, hidden={self.hidden}, "
-            f"w_init={self.w_init!r}, use_muon={self.use_muon}, ns_dtype={self.ns_dtype}, weight_norm={self.weight_norm}"
+            f"w_init={self.w_init!r}, use_muon={self.use_muon}, ns_dtype={self.ns_dtype}, "
+            f"weight_norm={self.weight_norm}, recompute={self.recompute}"
         )

@@ -7,7 +7,7 @@ Shapes follow DESIGN.md §3 (heads folded into the batch): ``q, k, v: [B, L, D]`
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,9 +130,36 @@ def update_fast_weights(
     Order (LACT_SPEC.md §6.1 item 3): gradient → momentum → Muon → add → row renormalisation.
     ``ns_dtype``: dtype of the Newton–Schulz iteration (None: the state dtype).
     """
+    d02, d1 = update_directions(fw, k, v, lr, token_block)
+    return take_step(fw, d02, d1, momentum, use_muon=use_muon, weight_norm=weight_norm, ns_coeffs=ns_coeffs,
+                     ns_dtype=ns_dtype)  # fmt: skip
+
+
+def update_directions(
+    fw: FastWeights, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, token_block: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fast_weight_grads` in the state's dtype: the (Δw02, Δw1) that :func:`take_step` takes."""
     state_dtype = fw.w02.dtype
-    d02, d1 = fast_weight_grads(fw, k, v, lr, token_block)
-    d02, d1 = d02.to(state_dtype), d1.to(state_dtype)
+    return tuple(d.to(state_dtype) for d in fast_weight_grads(fw, k, v, lr, token_block))
+
+
+def take_step(
+    fw: FastWeights,
+    d02: torch.Tensor,
+    d1: torch.Tensor,
+    momentum: Optional[torch.Tensor] = None,
+    *,
+    use_muon: bool = False,
+    weight_norm: bool = True,
+    ns_coeffs: Coeffs = LM_NS_COEFFS,
+    ns_dtype: Optional[torch.dtype] = None,
+) -> FastWeights:
+    """The inner step after the gradient: momentum → Muon → add → row renormalisation.
+
+    d02: [B, 2H, D], d1: [B, D, H]: the update directions of :func:`fast_weight_grads` in the state's
+    dtype; momentum: [B, n, 1] of the chunk's tokens or None.
+    """
+    state_dtype = fw.w02.dtype
     moments = {}
     if momentum is not None:
         d02, d1 = _with_momentum(fw, d02, d1, momentum)
@@ -146,7 +173,50 @@ def update_fast_weights(
     return fw.replace(w02=w02, w1=w1, **moments)
 
 
-def _assemble(pieces: list[tuple[int, int, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
+class OpInputs(NamedTuple):
+    """The per-token inputs of one call: q, k, v: [B, L, D]; lr: [B, L, 3]; momentum: [B, L, 1] or None."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    lr: torch.Tensor
+    momentum: Optional[torch.Tensor]
+
+
+class UpdateRule(NamedTuple):
+    """The knobs of one inner step (the keyword arguments of :func:`update_fast_weights`)."""
+
+    use_muon: bool
+    weight_norm: bool
+    ns_coeffs: Coeffs
+    ns_dtype: Optional[torch.dtype]
+    token_block: Optional[int]
+
+
+Piece = tuple[int, int, torch.Tensor]
+
+
+def run_ops(
+    fw: FastWeights, ops: Sequence[Op], x: OpInputs, rule: UpdateRule, initial: FastWeights
+) -> tuple[list[Piece], FastWeights]:
+    """Run validated ``ops`` from the state ``fw``; an op with ``reset`` restarts from ``initial``.
+
+    Returns the applied outputs as (start, end, o: [B, end − start, D]) and the state after the last op.
+    """
+    pieces = []
+    for op in ops:
+        if op.reset:
+            fw = initial
+        if op.update:
+            s = slice(op.start, op.end)
+            mom = None if x.momentum is None else x.momentum[:, s]
+            fw = update_fast_weights(fw, x.k[:, s], x.v[:, s], x.lr[:, s], mom, **rule._asdict())
+        if op.apply:
+            pieces.append((op.start, op.end, apply_fast_weights(fw, x.q[:, op.start : op.end], rule.token_block)))
+    return pieces, fw
+
+
+def assemble(pieces: list[Piece], like: torch.Tensor) -> torch.Tensor:
     """Concatenate applied outputs in token order, zeros where no op applied.  -> [B, L, D]."""
     B, L, D = like.shape
     dtype = pieces[0][2].dtype if pieces else like.dtype
@@ -175,6 +245,7 @@ def lact_swiglu(
     ns_coeffs: Coeffs = LM_NS_COEFFS,
     ns_dtype: Optional[torch.dtype] = None,
     token_block: Optional[int] = None,
+    recompute: bool = False,
 ) -> tuple[torch.Tensor, FastWeights]:
     """Run a schedule of fast-weight updates and applications over one sequence piece.
 
@@ -184,18 +255,17 @@ def lact_swiglu(
     ``reset`` restarts from ``fw`` as given (packed documents: each starts from the initial weights).
     ``ns_coeffs``: Newton–Schulz schedule for Muon; ``ns_dtype``: the dtype it runs in (None: the
     state dtype; ``torch.bfloat16`` as the official code does); ``token_block``: tokens per matmul block
-    (a speed knob only, see :func:`default_token_block`).
+    (a speed knob only, see :func:`default_token_block`). ``recompute``: when a gradient is needed,
+    keep only the state at each update for the backward and recompute the rest there
+    (:mod:`.recompute`; same values and gradients, a fraction of the memory).
     """
     ops = validate_schedule(schedule, q.size(1))
-    pieces, initial = [], fw
-    for op in ops:
-        if op.reset:
-            fw = initial
-        if op.update:
-            s = slice(op.start, op.end)
-            mom = None if momentum is None else momentum[:, s]
-            fw = update_fast_weights(fw, k[:, s], v[:, s], lr[:, s], mom, use_muon=use_muon, weight_norm=weight_norm,
-                                     ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, token_block=token_block)  # fmt: skip
-        if op.apply:
-            pieces.append((op.start, op.end, apply_fast_weights(fw, q[:, op.start : op.end], token_block)))
-    return _assemble(pieces, q), fw
+    x = OpInputs(q=q, k=k, v=v, lr=lr, momentum=momentum)
+    rule = UpdateRule(use_muon=use_muon, weight_norm=weight_norm, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+                      token_block=token_block)  # fmt: skip
+    if recompute and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*x, *fw._fields())):
+        from .recompute import recomputed_lact_swiglu  # it builds on run_ops: imported here to avoid a cycle
+
+        return recomputed_lact_swiglu(fw, ops, x, rule)
+    pieces, fw = run_ops(fw, ops, x, rule, initial=fw)
+    return assemble(pieces, q), fw

@@ -39,7 +39,7 @@ def test_lm_checkpoint_computes_the_same_logits(tmp_path, outputs):
     assert hp.backbone == {"dim": 32, "depth": 1, "heads": 2, "mlp_ratio": None, "rope_theta": 1e6}
     assert hp.fast_weight == {"chunk": 8, "heads": 2, "inter_multi": 1.0, "base_lr": 1e-3, "use_momentum": True,
                               "use_muon": True, "ns_coeffs": "lm", "ns_steps": 5, "ns_dtype": "float32", "w_init": "low_rank",
-                              "low_rank": 4, "init_gain": 0.5, "weight_norm": True}  # fmt: skip
+                              "low_rank": 4, "init_gain": 0.5, "weight_norm": True, "recompute": True}  # fmt: skip
     assert torch.equal(task.model(outputs["lm_ids"]), outputs["lm_logits"])
 
 
