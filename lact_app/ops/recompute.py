@@ -77,8 +77,7 @@ def moving(fw: FastWeights) -> tuple[Optional[torch.Tensor], ...]:
 
 def _step(fw: FastWeights, d: Sequence[torch.Tensor], momentum: Optional[torch.Tensor], rule: UpdateRule):
     """:func:`take_step` from the directions d = (d02, d1) with the chunk's momentum: [B, n, 1] or None."""
-    return take_step(fw, *d, momentum, use_muon=rule.use_muon, weight_norm=rule.weight_norm,
-                     ns_coeffs=rule.ns_coeffs, ns_dtype=rule.ns_dtype)  # fmt: skip
+    return take_step(fw, *d, momentum, rule)
 
 
 def _leaf(t: Optional[torch.Tensor], requires_grad: bool) -> Optional[torch.Tensor]:

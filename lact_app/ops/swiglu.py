@@ -112,6 +112,16 @@ def _renormalise(w: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return w / (row_norms(w) + WEIGHT_NORM_EPS) * norms
 
 
+class UpdateRule(NamedTuple):
+    """The knobs of one inner step (the keyword arguments of :func:`update_fast_weights`)."""
+
+    use_muon: bool
+    weight_norm: bool
+    ns_coeffs: Coeffs
+    ns_dtype: Optional[torch.dtype]
+    token_block: Optional[int]
+
+
 def update_fast_weights(
     fw: FastWeights,
     k: torch.Tensor,
@@ -131,8 +141,9 @@ def update_fast_weights(
     ``ns_dtype``: dtype of the Newton–Schulz iteration (None: the state dtype).
     """
     d02, d1 = update_directions(fw, k, v, lr, token_block)
-    return take_step(fw, d02, d1, momentum, use_muon=use_muon, weight_norm=weight_norm, ns_coeffs=ns_coeffs,
-                     ns_dtype=ns_dtype)  # fmt: skip
+    rule = UpdateRule(use_muon=use_muon, weight_norm=weight_norm, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+                      token_block=token_block)  # fmt: skip
+    return take_step(fw, d02, d1, momentum, rule)
 
 
 def update_directions(
@@ -144,21 +155,14 @@ def update_directions(
 
 
 def take_step(
-    fw: FastWeights,
-    d02: torch.Tensor,
-    d1: torch.Tensor,
-    momentum: Optional[torch.Tensor] = None,
-    *,
-    use_muon: bool = False,
-    weight_norm: bool = True,
-    ns_coeffs: Coeffs = LM_NS_COEFFS,
-    ns_dtype: Optional[torch.dtype] = None,
+    fw: FastWeights, d02: torch.Tensor, d1: torch.Tensor, momentum: Optional[torch.Tensor], rule: UpdateRule
 ) -> FastWeights:
     """The inner step after the gradient: momentum → Muon → add → row renormalisation.
 
     d02: [B, 2H, D], d1: [B, D, H]: the update directions of :func:`fast_weight_grads` in the state's
     dtype; momentum: [B, n, 1] of the chunk's tokens or None.
     """
+    use_muon, weight_norm, ns_coeffs, ns_dtype, _ = rule
     state_dtype = fw.w02.dtype
     moments = {}
     if momentum is not None:
@@ -181,16 +185,6 @@ class OpInputs(NamedTuple):
     v: torch.Tensor
     lr: torch.Tensor
     momentum: Optional[torch.Tensor]
-
-
-class UpdateRule(NamedTuple):
-    """The knobs of one inner step (the keyword arguments of :func:`update_fast_weights`)."""
-
-    use_muon: bool
-    weight_norm: bool
-    ns_coeffs: Coeffs
-    ns_dtype: Optional[torch.dtype]
-    token_block: Optional[int]
 
 
 Piece = tuple[int, int, torch.Tensor]
