@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from datamodules.prepare import main as prepare_main
 from lact_app.cli import cli_main
@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LM_YAML = REPO_ROOT / "configs/lm.yaml"
 SHARED_LM = REPO_ROOT / "../shared/data/lm"
 SHAKESPEARE = SHARED_LM / "tinyshakespeare/input.txt"
+CORPUS = "tinyshakespeare: train 0-90 %, test 90-100 %"
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,6 @@ class Budget:
     seq_len: int
     batch_size: int
     model: dict[str, Any] = field(default_factory=dict)
-    #: test windows per held-out document (None: all of it, the whole 10 %)
-    eval_windows: Optional[int] = None
 
     @property
     def tokens(self) -> int:
@@ -71,17 +70,17 @@ def workspace(args: argparse.Namespace) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def prepare_corpus(root: Path) -> Path:
+def prepare_corpus(root: Path, source: Path = SHAKESPEARE) -> Path:
     """tinyshakespeare as shards: the first 90 % ``train-*``, the last 10 % ``val-*`` (held out).
 
     Raises FileNotFoundError when ``../shared/data/lm`` is absent (nothing is downloaded).
     """
-    if not SHAKESPEARE.is_file():
-        raise FileNotFoundError(f"{SHAKESPEARE} is missing: the experiments need ../shared/data/lm")
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing: the experiments need ../shared/data/lm")
     out = root / "shakespeare"
     if not (out / "val-000000.tar").is_file():
-        prepare_main(["text", str(SHAKESPEARE), "--out", str(out), "--split", "train", "--range", "0:0.9"])
-        prepare_main(["text", str(SHAKESPEARE), "--out", str(out), "--split", "val", "--range", "0.9:1"])
+        prepare_main(["text", str(source), "--out", str(out), "--split", "train", "--range", "0:0.9"])
+        prepare_main(["text", str(source), "--out", str(out), "--split", "val", "--range", "0.9:1"])
     return out
 
 
@@ -94,7 +93,7 @@ def run_lm(name: str, root: Path, corpus: Path, budget: Budget, overrides: dict[
     """
     data = {"train_shards": corpus, "val_shards": corpus, "test_shards": corpus / "val-000000.tar",
             "seq_len": budget.seq_len, "batch_size": budget.batch_size,
-            "samples_per_epoch": budget.batch_size * budget.steps, "max_eval_windows": budget.eval_windows,
+            "samples_per_epoch": budget.batch_size * budget.steps,
             "num_workers": 0, "cache_dir": root / "cache"}  # fmt: skip
     model = {**budget.model, **overrides}
     args = ["--config", str(LM_YAML), *(f"--data.init_args.{k}={none(v)}" for k, v in data.items()),
@@ -147,3 +146,33 @@ def figure(panels: int):
 
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     return fig, list(axes[0])
+
+
+#: One setting of a sweep: its run name, its ``model.init_args`` overrides, and its key in the rows.
+Setting = tuple[str, dict[str, Any], Any]
+
+
+def run_experiment(
+    args: argparse.Namespace,
+    budget: Budget,
+    settings: list[Setting],
+    rows_of: Callable[[Any, dict[str, Any]], list[dict]],
+    plot: Callable[[list[dict], Path], Path],
+    **setup: Any,
+) -> list[dict]:
+    """Every setting through :func:`run_lm` on the corpus, then ``results.json`` and ``plot.png``.
+
+    ``rows_of(key, run)``: the rows one setting contributes; ``setup``: what else results.json
+    records about the experiment (besides the budget, corpus and ``quick``).
+    """
+    rows: list[dict] = []
+    with workspace(args) as root:
+        corpus = prepare_corpus(root)
+        for name, overrides, key in settings:
+            new = rows_of(key, run_lm(name, root, corpus, budget, overrides))
+            print(name, new, flush=True)
+            rows += new
+    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "corpus": CORPUS, "quick": args.quick, **setup}
+    write_results(args.out, rows, setup)
+    plot(rows, args.out)
+    return rows

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from experiments.common import QUICK_MODEL, SHAKESPEARE, Budget
+from experiments.common import QUICK_MODEL, SHAKESPEARE, Budget, prepare_corpus
 
 pytestmark = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/lm absent")
 
-TINY = Budget(steps=2, seq_len=64, batch_size=2, model={**QUICK_MODEL, "fast_weight.chunk": 16}, eval_windows=1)
+TINY = Budget(steps=2, seq_len=64, batch_size=2, model={**QUICK_MODEL, "fast_weight.chunk": 16})
 CASES = {
     "chunk_size": ((TINY, [16, 32]), {"chunk", "tokens_per_s", "gflops", "fraction_of_peak", "bpb"}, 2),
     "state_size": ((TINY, [(2, 1.0), (2, 2.0)]), {"inter_multi", "heads", "params", "state_params", "bpb"}, 2),
@@ -22,7 +22,12 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("experiments")  # shards prepared once for all four
+    """Shards of the first 4 KB of tinyshakespeare, prepared once for all four (the test scores all of its 10 %)."""
+    root = tmp_path_factory.mktemp("experiments")
+    excerpt = root / "excerpt.txt"
+    excerpt.write_text(SHAKESPEARE.read_text()[:4096])
+    prepare_corpus(root, excerpt)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,7 @@ from typing import Optional
 
 from bench.common import matmul_peak_gflops, median_seconds
 from bench.ttt import Setting, op_runner
-from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, prepare_corpus, run_lm
-from experiments.common import save_figure, workspace, write_results
+from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, run_experiment, save_figure
 
 HERE = Path(__file__).resolve().parent
 QUICK = (Budget(steps=12, seq_len=256, batch_size=2, model=QUICK_MODEL), [16, 64, 256])
@@ -59,19 +58,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     dim, heads = budget.model["backbone.dim"], budget.model["fast_weight.heads"]
     window = min(chunks[-1], budget.seq_len // 4)
     peak = matmul_peak_gflops()
-    rows = []
-    with workspace(args) as root:
-        corpus = prepare_corpus(root)
-        for chunk in chunks:
-            run = run_lm(f"chunk{chunk}", root, corpus, budget, {"fast_weight.chunk": chunk, "window": window})
-            rate = op_rate(budget.seq_len, chunk, heads, dim // heads, peak)
-            rows.append({"chunk": chunk, "tokens_per_s": run["tokens_per_s"], **rate, "bpb": run["bpb"]})
-            print(rows[-1], flush=True)
-    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "window": window, "peak_gflops": peak,
-             "corpus": "tinyshakespeare: train 0-90 %, test 90-100 %", "quick": args.quick}  # fmt: skip
-    write_results(args.out, rows, setup)
-    plot(rows, args.out)
 
+    def rows_of(chunk: int, run: dict) -> list[dict]:
+        rate = op_rate(budget.seq_len, chunk, heads, dim // heads, peak)
+        return [{"chunk": chunk, "tokens_per_s": run["tokens_per_s"], **rate, "bpb": run["bpb"]}]
+
+    settings = [(f"chunk{c}", {"fast_weight.chunk": c, "window": window}, c) for c in chunks]
+    run_experiment(args, budget, settings, rows_of, plot, window=window, peak_gflops=peak)
 
 if __name__ == "__main__":
     main()

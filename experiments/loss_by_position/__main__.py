@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, prepare_corpus, run_lm
-from experiments.common import save_figure, workspace, write_results
+from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, run_experiment, save_figure
 
 HERE = Path(__file__).resolve().parent
 MEMORIES = ["lact", "none", "full_attention"]
@@ -39,21 +38,14 @@ def plot(rows: list[dict], window: int, out: Path) -> Path:
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(__doc__, argv, HERE)
     budget, window = QUICK if args.quick else FULL
-    rows = []
-    with workspace(args) as root:
-        corpus = prepare_corpus(root)
-        for memory in MEMORIES:
-            overrides = {"memory": memory, "window": window, "position_buckets": 16}
-            run = run_lm(memory, root, corpus, budget, overrides)
-            positions = run["positions"]
-            rows += [{"memory": memory, "position": start, "loss": loss}
-                     for start, loss in zip(positions["bucket_start"], positions["loss"])]  # fmt: skip
-            print(memory, run["bpb"], flush=True)
-    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "window": window,
-             "corpus": "tinyshakespeare: train 0-90 %, test 90-100 %", "quick": args.quick}  # fmt: skip
-    write_results(args.out, rows, setup)
-    plot(rows, window, args.out)
 
+    def rows_of(memory: str, run: dict) -> list[dict]:
+        positions = run["positions"]
+        return [{"memory": memory, "position": start, "loss": loss}
+                for start, loss in zip(positions["bucket_start"], positions["loss"])]  # fmt: skip
+
+    settings = [(m, {"memory": m, "window": window, "position_buckets": 16}, m) for m in MEMORIES]
+    run_experiment(args, budget, settings, rows_of, lambda rows, out: plot(rows, window, out), window=window)
 
 if __name__ == "__main__":
     main()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, prepare_corpus, run_lm
-from experiments.common import save_figure, workspace, write_results
+from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, run_experiment, save_figure
 
 HERE = Path(__file__).resolve().parent
+WINDOW = 256
 RULES = [(False, False), (False, True), (True, False), (True, True)]  # (use_muon, use_momentum)
 QUICK = (Budget(steps=12, seq_len=256, batch_size=2, model={**QUICK_MODEL, "fast_weight.chunk": 64}), RULES)
 FULL = (Budget(steps=100, seq_len=2048, batch_size=2, model={**FULL_MODEL, "fast_weight.chunk": 256}), RULES)
@@ -40,20 +40,15 @@ def plot(rows: list[dict], out: Path) -> Path:
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(__doc__, argv, HERE)
     budget, rules = QUICK if args.quick else FULL
-    rows = []
-    with workspace(args) as root:
-        corpus = prepare_corpus(root)
-        for use_muon, use_momentum in rules:
-            overrides = {"fast_weight.use_muon": use_muon, "fast_weight.use_momentum": use_momentum, "window": 256}
-            run = run_lm(f"muon{use_muon:d}_momentum{use_momentum:d}", root, corpus, budget, overrides)
-            rows.append({"use_muon": use_muon, "use_momentum": use_momentum, "bpb": run["bpb"],
-                         "tokens_per_s": run["tokens_per_s"]})  # fmt: skip
-            print(rows[-1], flush=True)
-    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "window": 256,
-             "corpus": "tinyshakespeare: train 0-90 %, test 90-100 %", "quick": args.quick}  # fmt: skip
-    write_results(args.out, rows, setup)
-    plot(rows, args.out)
 
+    def rows_of(key: tuple[bool, bool], run: dict) -> list[dict]:
+        use_muon, use_momentum = key
+        return [{"use_muon": use_muon, "use_momentum": use_momentum, "bpb": run["bpb"],
+                 "tokens_per_s": run["tokens_per_s"]}]  # fmt: skip
+
+    settings = [(f"muon{mu:d}_momentum{mo:d}", {"fast_weight.use_muon": mu, "fast_weight.use_momentum": mo,
+                                                 "window": WINDOW}, (mu, mo)) for mu, mo in rules]  # fmt: skip
+    run_experiment(args, budget, settings, rows_of, plot, window=WINDOW)
 
 if __name__ == "__main__":
     main()

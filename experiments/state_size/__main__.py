@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, prepare_corpus, run_lm
-from experiments.common import save_figure, workspace, write_results
+from experiments.common import FULL_MODEL, QUICK_MODEL, Budget, figure, parse_args, run_experiment, save_figure
 
 HERE = Path(__file__).resolve().parent
+WINDOW = 256
 #: (budget, [(heads, inter_multi)])
 QUICK = (Budget(steps=12, seq_len=256, batch_size=2, model={**QUICK_MODEL, "fast_weight.chunk": 64}), [(2, 1.0), (2, 4.0)])
 FULL = (Budget(steps=100, seq_len=2048, batch_size=2, model={**FULL_MODEL, "fast_weight.chunk": 256}),
@@ -46,21 +46,16 @@ def plot(rows: list[dict], out: Path) -> Path:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(__doc__, argv, HERE)
-    budget, settings = QUICK if args.quick else FULL
-    rows = []
-    with workspace(args) as root:
-        corpus = prepare_corpus(root)
-        for heads, inter_multi in settings:
-            overrides = {"fast_weight.heads": heads, "fast_weight.inter_multi": inter_multi, "window": 256}
-            run = run_lm(f"heads{heads}_x{inter_multi:g}", root, corpus, budget, overrides)
-            rows.append({"inter_multi": inter_multi, "heads": heads, "params": run["params"],
-                         "state_params": state_params(budget, heads, inter_multi), "bpb": run["bpb"]})  # fmt: skip
-            print(rows[-1], flush=True)
-    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "window": 256,
-             "corpus": "tinyshakespeare: train 0-90 %, test 90-100 %", "quick": args.quick}  # fmt: skip
-    write_results(args.out, rows, setup)
-    plot(rows, args.out)
+    budget, heads_and_multipliers = QUICK if args.quick else FULL
 
+    def rows_of(key: tuple[int, float], run: dict) -> list[dict]:
+        heads, inter_multi = key
+        return [{"inter_multi": inter_multi, "heads": heads, "params": run["params"],
+                 "state_params": state_params(budget, heads, inter_multi), "bpb": run["bpb"]}]  # fmt: skip
+
+    settings = [(f"heads{h}_x{m:g}", {"fast_weight.heads": h, "fast_weight.inter_multi": m, "window": WINDOW}, (h, m))
+                for h, m in heads_and_multipliers]  # fmt: skip
+    run_experiment(args, budget, settings, rows_of, plot, window=WINDOW)
 
 if __name__ == "__main__":
     main()
