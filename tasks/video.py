@@ -13,6 +13,10 @@ next to trivial baselines scored the same way on the same frames: ``test/baselin
 ``_ssim`` (every future frame = the mean context frame).
 ``predict`` writes an mp4 and a GIF per clip into ``<log_dir>/predictions/``; TensorBoard gets
 generated clips as GIFs every ``sample_every_n_steps`` steps and a continuation GIF per validation.
+Each validation also samples one batch of clips and logs their high-frequency and motion energies
+relative to the validation clips' (``val/sample_hf_ratio``, ``val/sample_motion_ratio``, see
+:class:`~tasks.video_metrics.SampleStatistics`): both ≈ 1 for samples that look like the data,
+far above 1 when the samples are noise.
 Sampling uses the EMA weights when an :class:`~lact_app.callbacks.ema.EMA` callback is configured.
 """
 
@@ -30,7 +34,13 @@ from lact_app.models.codec import FrameCodec
 from lact_app.models.video import VIDEO_BACKBONE, VIDEO_FAST_WEIGHT, VideoDiffusionModel
 from lact_app.nn import BackboneConfig, FastWeightConfig
 from tasks.base import LaCTTask
-from tasks.video_metrics import BASELINES, ContinuationCurve, FrechetVideoDistance, baseline_continuations
+from tasks.video_metrics import (
+    BASELINES,
+    ContinuationCurve,
+    FrechetVideoDistance,
+    SampleStatistics,
+    baseline_continuations,
+)
 
 #: Seed of the deterministic evaluation noise (offset by batch index and rank).
 EVAL_SEED = 1234
@@ -103,6 +113,7 @@ class VideoTask(LaCTTask):
         self.continuation = ContinuationCurve()
         self.baselines = nn.ModuleDict({name: ContinuationCurve() for name in BASELINES})  # no persistent state
         self.fvd = FrechetVideoDistance(fvd_detector)
+        self.sample_stats = SampleStatistics()
 
     # -- LaCTTask hooks ---------------------------------------------------------------------------
 
@@ -133,10 +144,22 @@ class VideoTask(LaCTTask):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.fixed_timestep_losses(batch, batch_idx, "val")
-        if batch_idx == 0 and not self.trainer.sanity_checking:
-            video = batch["video"][:2]
-            generated = self.continue_clips(video, batch.get("cond"), batch_idx)
-            self.log_video("val/continuation", torch.cat([video, generated], dim=-1), GIF_FPS)
+        if self.trainer.sanity_checking:
+            return
+        video, cond = batch["video"], batch.get("cond")
+        self.sample_stats.update(video, real=True)
+        if batch_idx == 0:
+            generated = self.continue_clips(video[:2], cond, batch_idx)
+            self.log_video("val/continuation", torch.cat([video[:2], generated], dim=-1), GIF_FPS)
+            samples = self.generate(video.size(1), video.size(0), cond=cond, seed=EVAL_SEED)
+            self.sample_stats.update(samples, real=False)
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs ``val/sample_hf_ratio`` and ``val/sample_motion_ratio``: samples vs the validation clips."""
+        if not self.trainer.sanity_checking:
+            for name, value in self.sample_stats.compute().items():  # computed from states summed over ranks
+                self.log(f"val/sample_{name}", value, sync_dist=False)
+        self.sample_stats.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.fixed_timestep_losses(batch, batch_idx, "test")

@@ -1,4 +1,5 @@
-"""Video test metrics: per-future-frame PSNR/SSIM curves of continuation, and a pluggable FVD.
+"""Video metrics: per-future-frame PSNR/SSIM curves of continuation, a pluggable FVD, and the
+sample statistics that tell samples from noise (high-frequency energy and motion vs real clips).
 
 Both are ``torchmetrics.Metric`` subclasses whose states are sums (not per-sample lists), so a
 distributed test reduces them exactly with one all-reduce (``dist_reduce_fx="sum"``) when
@@ -14,6 +15,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -80,6 +82,67 @@ def baseline_continuations(context: torch.Tensor, future_frames: int) -> dict[st
     shape = (context.size(0), future_frames, *context.shape[2:])
     return {"copy_last": context[:, -1:].expand(shape),
             "mean_context": context.float().mean(1, keepdim=True).expand(shape)}
+
+
+#: The 3×3 Laplacian of high-frequency energy (4-neighbour).
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+#: ITU-R BT.601 luma weights of the grey frames.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def grey(video: torch.Tensor) -> torch.Tensor:
+    """Luma of RGB frames.  video: [B, T, 3, H, W] in [0, 1] -> [B, T, H, W] fp32."""
+    weights = torch.tensor(LUMA, device=video.device).view(3, 1, 1)
+    return (video.float().clamp(0, 1) * weights).sum(-3)
+
+
+def high_frequency_energy(video: torch.Tensor) -> torch.Tensor:
+    """Mean |3×3 Laplacian| of the grey frames (valid pixels only) per clip.  video: [B, T, 3, H, W] -> [B].
+
+    Patch noise and leftover diffusion noise raise it far above real frames'; blur lowers it."""
+    frames = grey(video)
+    lap = F.conv2d(frames.flatten(0, 1)[:, None], LAPLACIAN.to(frames.device)[None, None])
+    return lap.abs().view(video.size(0), -1).mean(1)
+
+
+def motion_energy(video: torch.Tensor) -> torch.Tensor:
+    """Mean |frame-to-frame change| of the grey frames per clip.  video: [B, T ≥ 2, 3, H, W] -> [B].
+
+    0 for a frozen clip; independent noise per frame raises it far above real clips'."""
+    frames = grey(video)
+    return (frames[:, 1:] - frames[:, :-1]).abs().flatten(1).mean(1)
+
+
+class SampleStatistics(Metric):
+    """Ratios of generated to real clips' mean high-frequency and motion energies, summed over clips
+    and ranks: ``{"hf_ratio", "motion_ratio"}``, both ≈ 1 for samples that look like the data.
+
+    ``update(video, real=...)`` adds clips to the real (True) or the generated (False) set.
+    """
+
+    full_state_update = False
+    STATS = {"hf": high_frequency_energy, "motion": motion_energy}
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        for key in ("real", "fake"):
+            self.add_state(f"{key}_sums", torch.zeros(len(self.STATS), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{key}_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, video: torch.Tensor, real: bool) -> None:
+        """video: [B, T ≥ 2, 3, H, W] in [0, 1]."""
+        key = "real" if real else "fake"
+        sums = torch.stack([fn(video).sum() for fn in self.STATS.values()]).double()
+        # out of place: states reset under inference mode must not be updated in place under no_grad
+        setattr(self, f"{key}_sums", getattr(self, f"{key}_sums") + sums)
+        setattr(self, f"{key}_count", getattr(self, f"{key}_count") + video.size(0))
+
+    def compute(self) -> dict[str, float]:
+        """{"<stat>_ratio": generated mean / real mean} (NaN while either set is empty)."""
+        real = self.real_sums / self.real_count
+        fake = self.fake_sums / self.fake_count
+        return {f"{name}_ratio": float(f / r) for name, f, r in zip(self.STATS, fake, real)}
 
 
 class I3DFeatures:

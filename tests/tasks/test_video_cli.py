@@ -93,6 +93,8 @@ def test_fit_learns_on_embedded_clips(trained):
     assert trained["after"] < 0.6 * trained["before"], (trained["before"], trained["after"])
     events = list(Path(trained["trainer"].log_dir).glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 10_000  # scalars plus the generated / continuation GIFs
+    metrics = trained["trainer"].callback_metrics  # samples vs validation clips, logged every validation
+    assert all(0 < metrics[f"val/sample_{name}_ratio"] < 100 for name in ("hf", "motion")), metrics
 
 
 @pytest.mark.timeout(300)
