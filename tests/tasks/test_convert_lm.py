@@ -180,13 +180,15 @@ def test_converted_checkpoint_loads_weights_only_as_a_cli_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_main_test_runs_on_a_converted_checkpoint(tmp_path, monkeypatch):
     """`main.py test --config configs/lm.yaml --config configs/official/lm_760m_momentum.yaml --ckpt_path`
-    on a converted official model rebuilds it from the checkpoint and scores the byte-level test split.
+    on a converted official model rebuilds it from the checkpoint and scores a small byte-level text
+    (the whole test split is scored, so the embedded one would take minutes at seq_len 40).
 
     The official tiny model has 101 tokens; its embedding and head get rows up to the byte
     tokenizer's 258 so the embedded text data can be scored: the first 101 logits stay the official ones.
     """
     import sys
 
+    from datamodules.prepare import main as prepare_main
     from lact_app.cli import cli_main
     from tests.conftest import REPO_ROOT
 
@@ -196,14 +198,17 @@ def test_main_test_runs_on_a_converted_checkpoint(tmp_path, monkeypatch):
         state[key] = torch.cat([state[key], 0.02 * torch.randn(258 - 101, state[key].size(1))])
     write_official(c, tmp_path / "hf", config={**c["config"], "vocab_size": 258}, state=state)
     assert convert_main(["lm", str(tmp_path / "hf"), "--out", str(tmp_path / "lm.ckpt")]) == 0
+    (tmp_path / "text.txt").write_text("def main():\n    return 0\n" * 20)
+    assert prepare_main(["text", str(tmp_path / "text.txt"), "--out", str(tmp_path / "shards"), "--split", "test"]) == 0
     monkeypatch.setattr(sys, "argv", ["main.py"])
     cli = cli_main(["test", "--config", str(REPO_ROOT / "configs/lm.yaml"), "--config",
                     str(REPO_ROOT / "configs/official/lm_760m_momentum.yaml"), "--ckpt_path", str(tmp_path / "lm.ckpt"),
-                    "--data.init_args.seq_len=40", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+                    f"--data.init_args.test_shards={tmp_path / 'shards'}", "--data.init_args.seq_len=40", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
                     "--data.init_args.num_workers=0", "--trainer.limit_test_batches=1",
                     f"--trainer.default_root_dir={tmp_path / 'run'}"])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["test/bpb"]) and "test/baseline/uniform_bpb" in metrics
+    assert metrics["test/bytes"] == len("def main():\n    return 0\n" * 20)  # the whole text was scored
     with torch.no_grad():
         logits = cli.model.model.eval()(c["input_ids"])[..., :101]
     assert (logits - c["logits_ns_fp32"]).abs().max() <= 1e-4 * c["logits_ns_fp32"].abs().max()
