@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bench.common import machine_info
 from datamodules.prepare import main as prepare_main
 from lact_app.cli import cli_main
 
@@ -166,13 +168,18 @@ def run_experiment(
     records about the experiment (besides the budget, corpus and ``quick``).
     """
     rows: list[dict] = []
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     with workspace(args) as root:
         corpus = prepare_corpus(root)
         for name, overrides, key in settings:
             new = rows_of(key, run_lm(name, root, corpus, budget, overrides))
             print(name, new, flush=True)
             rows += new
-    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "corpus": CORPUS, "quick": args.quick, **setup}
+    # the machine's 1-minute load before and after: throughput rows mean little on a busy machine
+    conditions = {"wall_minutes": (time.perf_counter() - start) / 60, "load_average": [load_before, os.getloadavg()[0]],
+                  **machine_info()}  # fmt: skip
+    setup = {"budget": vars(budget) | {"tokens": budget.tokens}, "corpus": CORPUS, "quick": args.quick,
+             "machine": conditions, **setup}  # fmt: skip
     write_results(args.out, rows, setup)
     plot(rows, args.out)
     return rows
