@@ -126,25 +126,40 @@ class PackedEvaluation:
     Args:
         build: the :class:`WindowBuilder` of T tokens.
         batch_size: packed windows per batch.
-        document_windows: a long document [n] -> its consecutive windows (dicts of [T]), all of
-            them or the first ``max_eval_windows``.
+        document_windows: a long document [n] -> its windows (dicts of [T]), all of them or the
+            first ``max_eval_windows``.
+        carry_state: the windows are consecutive and scored with the state carried over (one
+            batch per document); False: they are independent (strided, each from fresh state) and
+            come as batches of ``batch_size`` rows.
     """
 
-    def __init__(self, build: WindowBuilder, batch_size: int, document_windows: Callable[[torch.Tensor], list[Batch]]):
+    def __init__(
+        self,
+        build: WindowBuilder,
+        batch_size: int,
+        document_windows: Callable[[torch.Tensor], list[Batch]],
+        *,
+        carry_state: bool = True,
+    ):
         self.build, self.batch_size, self.document_windows = build, batch_size, document_windows
+        self.carry_state = carry_state
 
-    def long_document(self, ids: torch.Tensor) -> Batch:
-        """A document of more than T tokens -> its windows as rows [W, T], flagged ``one_document``
-        (row w + 1 continues row w: the task carries the model's cache from one to the next)."""
+    def long_document(self, ids: torch.Tensor) -> Iterator[Batch]:
+        """A document of more than T tokens -> its windows as rows [W, T]: one batch flagged
+        ``one_document`` (row w + 1 continues row w: the task carries the model's cache from one to
+        the next), or batches of ``batch_size`` independent rows."""
         windows = self.document_windows(ids)
-        batch = {key: torch.stack([w[key] for w in windows]) for key in windows[0]}
-        return {**batch, "one_document": True}
+        step = len(windows) if self.carry_state else self.batch_size
+        for i in range(0, len(windows), step):
+            rows = windows[i : i + step]
+            batch = {key: torch.stack([w[key] for w in rows]) for key in rows[0]}
+            yield {**batch, "one_document": True} if self.carry_state else batch
 
     def __call__(self, documents: Iterable[torch.Tensor]) -> Iterator[Batch]:
         T, windows, pieces, used = self.build.seq_len, [], [], 0
         for ids in documents:
             if ids.numel() > T:
-                yield self.long_document(ids)
+                yield from self.long_document(ids)
                 continue
             if used + ids.numel() > T:
                 windows.append(self.build(pieces))

@@ -89,6 +89,12 @@ class TextDataModule(ShardDataModule):
             ``.tiktoken`` BPE ranks file (e.g. GPT-2's; needs the ``tiktoken`` extra).
         max_eval_windows: validation scores at most this many windows per document (its
             beginning); None: all of them. Test always scores every token.
+        eval_stride: how evaluation scores a document longer than ``seq_len``. None: its
+            consecutive windows one after the other with the model's state carried over (every
+            token sees its whole document, as in one pass). An int s (1 … ``seq_len``): windows of
+            ``seq_len`` every s tokens, each from fresh state, each scoring only the labels the
+            previous one did not (its last s), so every token sees ``seq_len − s`` … ``seq_len``
+            tokens of context: the context the model was trained with.
         prompts: predict: prompts to continue (``\\n`` and ``\\t`` are unescaped).
         prompts_file: predict: a text file with one prompt per line (same escapes).
             Without prompts, predict samples one document from ``<bos>`` alone.
@@ -107,6 +113,7 @@ class TextDataModule(ShardDataModule):
         pack: bool = False,
         tokenizer: str = "byte",
         max_eval_windows: Optional[int] = None,
+        eval_stride: Optional[int] = None,
         prompts: Optional[list[str]] = None,
         prompts_file: Optional[str] = None,
         max_new_tokens: int = 256,
@@ -117,7 +124,9 @@ class TextDataModule(ShardDataModule):
         super().__init__(**kwargs)
         if seq_len < 1 or (max_eval_windows is not None and max_eval_windows < 1):
             raise ValueError(f"seq_len and max_eval_windows must be >= 1, got {seq_len}, {max_eval_windows}")
-        self.seq_len, self.pack, self.max_eval_windows = seq_len, pack, max_eval_windows
+        if eval_stride is not None and not 1 <= eval_stride <= seq_len:
+            raise ValueError(f"eval_stride must be None or 1 … seq_len={seq_len}, got {eval_stride}")
+        self.seq_len, self.pack, self.max_eval_windows, self.eval_stride = seq_len, pack, max_eval_windows, eval_stride
         self.tokenizer = build_tokenizer(tokenizer)
         self.prompts, self.prompts_file = list(prompts or []), prompts_file
         self.generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k}
@@ -140,23 +149,31 @@ class TextDataModule(ShardDataModule):
             return None
         return torch.cat([torch.tensor([self.tokenizer.bos_id]), ids])
 
-    def window(self, ids: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
-        """Inputs ``ids[start : start + T]`` and their next tokens, padded to T and masked."""
+    def window(self, ids: torch.Tensor, start: int, first_label: int = 0) -> dict[str, torch.Tensor]:
+        """Inputs ``ids[start : start + T]`` and their next tokens, padded to T and masked (also the
+        labels before position ``first_label``: context only)."""
         T = self.seq_len
         piece = ids[start : start + T + 1]
         n = piece.numel() - 1  # labels available
         inputs = torch.full((T,), self.tokenizer.pad_id, dtype=torch.long)
         labels = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         inputs[: n + 1] = piece[:T]
-        labels[:n] = piece[1:]
+        labels[first_label:n] = piece[1 + first_label :]
         label_bytes = torch.zeros(T, dtype=torch.long)
-        label_bytes[:n] = self.tokenizer.token_bytes[piece[1:]]
+        label_bytes[first_label:n] = self.tokenizer.token_bytes[piece[1 + first_label :]]
         return {"input_ids": inputs, "labels": labels, "label_bytes": label_bytes}
 
     def document_windows(self, ids: torch.Tensor, limit: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
-        """A document's consecutive evaluation windows (the first ``limit``; None: all)."""
-        starts = range(0, max(ids.numel() - 1, 1), self.seq_len)[:limit]
-        return [self.window(ids, s) for s in starts]
+        """A document's evaluation windows (the first ``limit``; None: all): consecutive ones, or
+        with ``eval_stride`` s one every s tokens, each after the first scoring its last s labels.
+
+        Every label of the document is scored exactly once either way.
+        """
+        T, labels = self.seq_len, ids.numel() - 1
+        stride = self.eval_stride or T
+        # a window starts while the previous one (at start − stride) left labels unscored
+        starts = [0] + [p for p in range(stride, max(labels, 1), stride) if p - stride + T < labels]
+        return [self.window(ids, p, first_label=0 if p == 0 else T - stride) for p in starts[:limit]]
 
     def decode_sample(self, sample: dict) -> Optional[list[dict[str, torch.Tensor]]]:
         """A document → its validation windows (all, or the first ``max_eval_windows``)."""
@@ -195,7 +212,8 @@ class TextDataModule(ShardDataModule):
         if split == "train":
             return PackedWindows(build, self.batch_size, shuffle=True)
         limit = self.max_eval_windows if split == "val" else None
-        return PackedEvaluation(build, self.batch_size, partial(self.document_windows, limit=limit))
+        return PackedEvaluation(build, self.batch_size, partial(self.document_windows, limit=limit),
+                                carry_state=self.eval_stride is None)  # fmt: skip
 
     # -- predict ------------------------------------------------------------------------------
 

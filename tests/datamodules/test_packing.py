@@ -108,6 +108,18 @@ def test_evaluation_packs_whole_documents_and_streams_long_ones():
     assert next(b for b in val(docs) if b.get("one_document"))["input_ids"].shape == (2, T)
 
 
+def test_strided_evaluation_gives_independent_rows_of_a_long_document():
+    T = 16
+    docs = _documents([3, 40], seed=1)  # 40 labels of the long one: windows at 0, 8, 16, 24
+    batches = list(TextDataModule(seq_len=T, pack=True, batch_size=3, eval_stride=8).batcher("test")(docs))
+    rows = [b for b in batches if "cu_seqlens" not in b]
+    assert [b["input_ids"].shape for b in rows] == [(3, T), (1, T)]  # batch_size rows at a time
+    assert not any(b.get("one_document") for b in batches)  # each row from fresh state
+    labels = torch.cat([b["labels"] for b in rows]).flatten()
+    assert torch.equal(labels[labels != IGNORE_INDEX], docs[1][1:])
+    assert torch.equal(rows[0]["input_ids"][1], docs[1][8:24])
+
+
 def test_packed_train_loader_yields_one_row_of_batch_size_windows(tmp_path):
     for i, n in enumerate((30, 5, 70)):
         _write(tmp_path / f"doc{i}.txt", chr(ord("a") + i) * n)

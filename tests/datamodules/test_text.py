@@ -125,6 +125,28 @@ def test_evaluation_windows_cover_every_token_once():
     assert len(TextDataModule(seq_len=8, max_eval_windows=2).decode_sample(_doc(text))) == 2
 
 
+@pytest.mark.parametrize("stride", [1, 3, 5, 8])
+def test_strided_evaluation_windows_score_every_token_once_with_at_least_t_minus_s_context(stride):
+    dm = TextDataModule(seq_len=8, eval_stride=stride)
+    text = "abcdefghijklmnopqrstu"  # 21 labels
+    batch = dm.collate([dm.decode_test_sample(_doc(text))])
+    scored = batch["labels"] != IGNORE_INDEX
+    assert bytes(batch["labels"][scored].tolist()).decode() == text
+    assert batch["input_ids"][0, 0] == 256  # the first window starts at <bos> and scores all it has
+    assert scored[0, :8].all() and not scored[1:, : 8 - stride].any()
+    for row in batch["input_ids"][1:]:  # later windows: consecutive tokens of the document (then padding)
+        tokens = bytes(t for t in row.tolist() if t < 256).decode()
+        assert tokens in text and len(tokens) > 8 - stride
+    if stride == 8:  # s = T: the plain consecutive windows
+        plain = TextDataModule(seq_len=8).collate([TextDataModule(seq_len=8).decode_test_sample(_doc(text))])
+        assert all(torch.equal(batch[k], plain[k]) for k in plain)
+
+
+def test_eval_stride_must_fit_the_window():
+    with pytest.raises(ValueError, match="eval_stride must be None or 1 … seq_len=8, got 9"):
+        TextDataModule(seq_len=8, eval_stride=9)
+
+
 def test_windows_never_mix_documents():
     dm = TextDataModule(seq_len=16)
     docs = [_doc("a" * 5), _doc("b" * 40), _doc("c" * 3)]
