@@ -91,10 +91,13 @@ def run_lm(name: str, root: Path, corpus: Path, budget: Budget, overrides: dict[
 
     ``overrides``: ``model.init_args`` fields (dotted: ``fast_weight.chunk``) on top of the budget's
     model. Training tokens/s is measured around ``Trainer.fit`` (no validation runs during it).
-    The test scores the held-out 10 % in windows of ``seq_len``.
+    The test scores the held-out 10 % in consecutive windows of ``seq_len``, each from fresh state
+    (``eval_stride = seq_len``): the context the model was trained with, every position of the
+    window equally often (the loss-by-position curve). Carried through the whole held-out text
+    instead, the state of a model trained on one window drifts far from what it was trained on.
     """
     data = {"train_shards": corpus, "val_shards": corpus, "test_shards": corpus / "val-000000.tar",
-            "seq_len": budget.seq_len, "batch_size": budget.batch_size,
+            "seq_len": budget.seq_len, "eval_stride": budget.seq_len, "batch_size": budget.batch_size,
             "samples_per_epoch": budget.batch_size * budget.steps,
             "num_workers": 0, "cache_dir": root / "cache"}  # fmt: skip
     model = {**budget.model, **overrides}
