@@ -48,8 +48,10 @@ class Budget:
 QUICK_MODEL = {"backbone.dim": 32, "backbone.depth": 2, "backbone.heads": 2, "fast_weight.heads": 2,
                "fast_weight.low_rank": 8}  # fmt: skip
 #: The full runs' model: 4 hybrid blocks of width 128 (≈ 1 M parameters besides the embeddings).
+#: lr 5e-3: 300 steps of 4096 tokens at it reach 1.74 nats of training loss on tinyshakespeare
+#: (60 steps at 3e-3 stopped at 2.55, where every setting measured alike, ≈ 3.67 bpb held out).
 FULL_MODEL = {"backbone.dim": 128, "backbone.depth": 4, "backbone.heads": 2, "fast_weight.heads": 2,
-              "fast_weight.low_rank": 16, "lr": 3e-3, "warmup_steps": 20, "min_lr_ratio": 0.1}  # fmt: skip
+              "fast_weight.low_rank": 16, "lr": 5e-3, "warmup_steps": 20, "min_lr_ratio": 0.1}  # fmt: skip
 
 
 def parse_args(doc: str, argv: Optional[list[str]], default_out: Path) -> argparse.Namespace:

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 MEMORIES = ["lact", "none", "full_attention"]
 #: (budget, attention window)
 QUICK = (Budget(steps=12, seq_len=512, batch_size=1, model={**QUICK_MODEL, "fast_weight.chunk": 64}), 64)
-FULL = (Budget(steps=60, seq_len=8192, batch_size=1, model={**FULL_MODEL, "fast_weight.chunk": 512}), 512)
+FULL = (Budget(steps=100, seq_len=8192, batch_size=1, model={**FULL_MODEL, "fast_weight.chunk": 512}), 512)
 
 
 def plot(rows: list[dict], window: int, out: Path) -> Path:

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 WINDOW = 256
 RULES = [(False, False), (False, True), (True, False), (True, True)]  # (use_muon, use_momentum)
 QUICK = (Budget(steps=12, seq_len=256, batch_size=2, model={**QUICK_MODEL, "fast_weight.chunk": 64}), RULES)
-FULL = (Budget(steps=100, seq_len=2048, batch_size=2, model={**FULL_MODEL, "fast_weight.chunk": 256}), RULES)
+FULL = (Budget(steps=200, seq_len=2048, batch_size=2, model={**FULL_MODEL, "fast_weight.chunk": 256}), RULES)
 
 
 def label(row: dict) -> str:
