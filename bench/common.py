@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -53,6 +54,11 @@ def machine_info() -> dict:
         "threads": torch.get_num_threads(),
         "device": "cpu",
     }
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (GiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -14,12 +14,11 @@ not see each other's peaks).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 
-from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
+from bench.common import in_fresh_process, machine_info, median_seconds, peak_rss_gib, print_table, write_json
 from lact_app.models.cameras import look_at
 from lact_app.models.nvs import NVSModel
 from lact_app.nn import BackboneConfig
@@ -59,7 +58,7 @@ def measure(memory: str, views: int, dim: int, depth: int, device: str, repeats:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        peak = peak_rss_gib()
     return {"memory": memory, "input_views": views, "tokens": views * (SIZE // 8) ** 2,
             "train_views_per_s": (views + TRAIN_TARGETS) / train_s,
             "render_views_per_s": RENDER_TARGETS / render_s, "peak_mem_gib": peak}
