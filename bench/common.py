@@ -69,9 +69,10 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
-    """A Markdown table of ``rows`` (README-ready)."""
+    """A Markdown table of ``rows`` (README-ready); "—" where a row lacks a column (an older row
+    kept by ``--append`` from before the column existed)."""
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
-        cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "—")) for c in columns]
         print("| " + " | ".join(cells) + " |")
