@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -55,6 +56,11 @@ def machine_info() -> dict:
     }
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (GiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +69,10 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
-    """A Markdown table of ``rows`` (README-ready)."""
+    """A Markdown table of ``rows`` (README-ready); "—" where a row lacks a column (an older row
+    kept by ``--append`` from before the column existed)."""
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
-        cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "—")) for c in columns]
         print("| " + " | ".join(cells) + " |")

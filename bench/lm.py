@@ -25,7 +25,6 @@ import argparse
 import inspect
 import json
 import random
-import resource
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.common import in_fresh_process, machine_info, print_table, write_json
+from bench.common import in_fresh_process, machine_info, peak_rss_gib, print_table, write_json
 from datamodules.packing import PackedWindows, WindowBuilder
 from datamodules.text import stdlib_files
 from datamodules.tokenizers import ByteTokenizer
@@ -57,10 +56,6 @@ def build(memory: str) -> LaCTLM:
     args = model_args()
     configs = {"backbone": BackboneConfig(**args["backbone"]), "fast_weight": FastWeightConfig(**args["fast_weight"])}
     return LaCTLM(**{**args, **configs, "memory": memory})
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def train_setting(memory: str, seq_len: int) -> dict:

@@ -14,12 +14,11 @@ not see each other's peaks).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 
-from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
+from bench.common import in_fresh_process, machine_info, median_seconds, peak_rss_gib, print_table, write_json
 from lact_app.models.cameras import look_at
 from lact_app.models.nvs import NVSModel
 from lact_app.nn import BackboneConfig
@@ -59,7 +58,7 @@ def measure(memory: str, views: int, dim: int, depth: int, device: str, repeats:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        peak = peak_rss_gib()
     return {"memory": memory, "input_views": views, "tokens": views * (SIZE // 8) ** 2,
             "train_views_per_s": (views + TRAIN_TARGETS) / train_s,
             "render_views_per_s": RENDER_TARGETS / render_s, "peak_mem_gib": peak}
@@ -70,6 +69,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4–16 input views, a small model, 1 repeat")
     parser.add_argument("--max-views", type=int, default=None, help="skip settings with more input views")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per CPU setting (0: torch's default)")
     parser.add_argument("--out", default="bench/results/nvs.json")
     args = parser.parse_args()
     views = [4, 8, 16] if args.quick else [4, 8, 16, 32, 64]
@@ -81,10 +81,11 @@ def main() -> None:
         for memory in ("lact", "full_attention"):
             setting = (memory, v, dim, depth, args.device, repeats)
             start = time.perf_counter()
-            rows.append(measure(*setting) if args.device == "cuda" else in_fresh_process(0, measure, *setting))
+            rows.append(measure(*setting) if args.device == "cuda" else in_fresh_process(args.threads, measure, *setting))
             print(f"{memory:14s} {v:3d} views: {time.perf_counter() - start:.1f}s", flush=True)
             # Written after every row, so an interrupted run keeps what it measured.
-            write_json(args.out, {"machine": {**machine_info(), "device": args.device},
+            machine = {**machine_info(), "device": args.device, "threads": args.threads or torch.get_num_threads()}
+            write_json(args.out, {"machine": machine,
                                   "model": {"dim": dim, "depth": depth, "patch": 8, "image": SIZE},
                                   "train_targets": TRAIN_TARGETS, "render_targets": RENDER_TARGETS,
                                   "quick": args.quick, "rows": rows})

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from bench.common import in_fresh_process, machine_info, matmul_peak_gflops, median_seconds, print_table, write_json
+from bench.common import (in_fresh_process, machine_info, matmul_peak_gflops, median_seconds, peak_rss_gib, print_table,
+                          write_json)
 from bench.lm import model_args
 from lact_app.models.lm import LaCTLM
 from lact_app.nn import BackboneConfig, FastWeightConfig, LaCTLayer
@@ -125,7 +126,7 @@ def op_memory(s: Setting, recompute: bool) -> dict:
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB -> MiB
+    peak = peak_rss_gib() * 1024
     return {"what": "op fwd+bwd", "setting": s.name, "recompute": recompute, "s": seconds,
             "peak_growth_mib": peak - before}
 
@@ -148,7 +149,7 @@ def lm_step(seq_len: int, recompute: bool) -> dict:
 
     seconds = median_seconds(step, repeats=3, warmup=1)
     return {"what": "LM training step", "setting": f"L={seq_len}", "recompute": recompute, "s": seconds,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def recompute_section(rounds: int, threads: int, lm_seq_len: int) -> dict:

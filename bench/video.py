@@ -3,7 +3,8 @@
 For each memory kind and length (frames): training throughput (frames/s of forward + backward at
 batch 1), generation time per frame (chunk by chunk, a few Euler steps), the training activation
 memory (bytes of tensors saved for backward) and the sampling state (fast weights + KV caches after
-the last chunk). Each setting runs in a fresh process (at 256 frames the two memories need ≈ 12 GB
+the last chunk), and the process's peak RSS (a tensor an autograd Function keeps on its ``ctx``
+escapes the saved-tensor hooks; the RSS sees it). Each setting runs in a fresh process (at 256 frames the two memories need ≈ 12 GB
 each, more than a 24 GiB machine holds once the allocator keeps the previous setting's heap). Writes
 bench/results/video.json and prints a Markdown table.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import in_fresh_process, machine_info, median_seconds, print_table, write_json
+from bench.common import in_fresh_process, machine_info, median_seconds, peak_rss_gib, print_table, write_json
 from lact_app.models.video import VideoDiffusionModel
 from lact_app.nn import BackboneConfig, FastWeightConfig
 
@@ -80,7 +81,8 @@ def measure(memory: str, frames: int, repeats: int) -> dict:
                            repeats=repeats, warmup=0)
     return {"memory": memory, "frames": frames, "train_frames_per_s": frames / train_s,
             "gen_s_per_frame": gen_s / frames, "train_activation_mib": activations / 2**20,
-            "sampling_state_mib": cache_bytes(final_caches(model, frames)) / 2**20}
+            "sampling_state_mib": cache_bytes(final_caches(model, frames)) / 2**20,
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def previous_rows(path: str) -> list[dict]:
@@ -103,7 +105,7 @@ def main() -> None:
     lengths = [n for n in lengths if args.max_frames is None or n <= args.max_frames]
     repeats = args.repeats or (1 if args.quick else 3)
     columns = ["memory", "frames", "train_frames_per_s", "gen_s_per_frame", "train_activation_mib",
-               "sampling_state_mib", "repeats"]
+               "sampling_state_mib", "peak_rss_gib", "repeats"]
     rows = previous_rows(args.out) if args.append else []
     for frames in lengths:
         for memory in args.memory:

@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .rotary import RotaryEmbedding
+
+#: bool mask -> {dtype: its additive form}, kept while the bool mask lives (see :func:`additive_mask`).
+_ADDITIVE_MASKS = WeakIdKeyDictionary()
 
 
 class QueryBlock(NamedTuple):
@@ -31,6 +35,20 @@ def key_ranges(t: torch.Tensor, ranges: Sequence[tuple[int, int]]) -> torch.Tens
     if len(ranges) == 1:
         return t[:, :, ranges[0][0]:ranges[0][1]]
     return torch.cat([t[:, :, s:e] for s, e in ranges], dim=2)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [Lq, Lk] (True = may attend) -> 0 / −inf in ``dtype``, made once per mask and dtype.
+
+    sdpa turns a bool mask into a fresh float copy on every call and saves that copy for the
+    backward: one per query block and layer (at 32K tokens and window 512, 256 copies of 2 MiB).
+    Query blocks that share a mask (the interior blocks of a window, the packed blocks every layer
+    reuses) share its additive form, so the backward saves it once.
+    """
+    per_dtype = _ADDITIVE_MASKS.setdefault(mask, {})
+    if dtype not in per_dtype:
+        per_dtype[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return per_dtype[dtype]
 
 
 def attend(
@@ -64,7 +82,8 @@ def attend(
     outs = []
     for block in blocks:
         kk, vv = (key_ranges(t, block.keys) for t in (k, v))
-        outs.append(F.scaled_dot_product_attention(q[:, :, block.start:block.end], kk, vv, attn_mask=block.mask))
+        mask = None if block.mask is None else additive_mask(block.mask, q.dtype)
+        outs.append(F.scaled_dot_product_attention(q[:, :, block.start:block.end], kk, vv, attn_mask=mask))
     return torch.cat(outs, dim=2)
 
 

@@ -13,10 +13,11 @@ what surrounds the layer:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import FastWeights, Op, causal_schedule, packed_causal_schedule
 from .cache import MixerCache
@@ -108,16 +109,30 @@ class LaCTLayer(nn.Module):
             if self.qkv is None:
                 raise ValueError("this LaCTLayer shares its caller's projections: pass qkv")
             qkv = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self.inputs(*qkv, positions=positions)
+        q, k, v = self.recomputed(self.inputs, *qkv, positions=positions)
         lr = self.lr_proj(x)
         return FastInputs(q, k, v, lr=lr, momentum=None if self.momentum_proj is None else self.momentum_proj(x))
 
     def finish(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Branch output o: [B, L, dim] -> per-head norm -> gate (from x: [B, L, dim]) -> out proj."""
-        o = self.output_norm(o)
-        if self.gate is not None:
-            o = self.gate(x, o)
+        o = self.recomputed(self.norm_and_gate, x, o)
         return o if self.out_proj is None else self.out_proj(o)
+
+    def norm_and_gate(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """o: [B, L, dim] -> per-head RMSNorm, then the gate from x: [B, L, dim]."""
+        o = self.output_norm(o)
+        return o if self.gate is None else self.gate(x, o)
+
+    def recomputed(self, fn: Callable, *args: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``fn(*args, **kwargs)``, recomputed in the backward when the op recomputes too.
+
+        The q/k/v preprocessing (affine, silu, l2, RoPE) and the output norm and gate are cheap
+        elementwise work whose intermediates would otherwise be saved for every token; with
+        ``fast_weight.recompute`` only their inputs are kept (same values and gradients).
+        """
+        if self.branch.recompute and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
 
     def forward(
         self,

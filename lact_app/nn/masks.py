@@ -6,6 +6,7 @@ block-diagonal mask.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import torch
@@ -80,25 +81,30 @@ def segment_keys(segments: Sequence[Segment], clean_context: Optional[int] = Non
     return keys
 
 
+@lru_cache(maxsize=32)
 def causal_window_blocks(
     num_queries: int, window: Optional[int], q_offset: int = 0, k_offset: int = 0, device: Optional[torch.device] = None
-) -> list[QueryBlock]:
+) -> tuple[QueryBlock, ...]:
     """Causal sliding-window attention of queries at absolute positions ``q_offset ..`` over keys
     at ``k_offset ..``, in query blocks of ``window`` (one block when ``window`` is None).
 
     The keys must cover every position a query may see (``k_offset <= q_offset − window + 1`` or
     0, up to the last query). Each block sees at most 2·window keys, so memory stays linear.
+    Blocks with the same pattern share one mask tensor, and every layer of a model gets the same
+    blocks (cached), so the backward keeps one copy of each mask (see :func:`~lact_app.nn.attention.additive_mask`).
     """
     block = num_queries if window is None else window
-    blocks = []
+    blocks, masks = [], {}
     for s in range(0, num_queries, block):
         e = min(s + block, num_queries)
         first = q_offset + s
         lo = 0 if window is None else max(0, first - window + 1 - k_offset)
         hi = q_offset + e - k_offset
-        mask = causal_window_mask(e - s, window, first, hi - lo, k_offset + lo, device=device)
-        blocks.append(QueryBlock(s, e, ((lo, hi),), mask=mask))
-    return blocks
+        pattern = (e - s, hi - lo, first - k_offset - lo)  # the mask depends on positions relative to its first key
+        if pattern not in masks:
+            masks[pattern] = causal_window_mask(e - s, window, first, hi - lo, k_offset + lo, device=device)
+        blocks.append(QueryBlock(s, e, ((lo, hi),), mask=masks[pattern]))
+    return tuple(blocks)
 
 
 def segment_blocks(segments: Sequence[Segment], ranges: Sequence[Sequence[tuple[int, int]]], first: int = 0) -> list[QueryBlock]:

@@ -78,6 +78,26 @@ def test_causal_window_blocks_equal_the_dense_window_mask():
     torch.testing.assert_close(out, attend(q, k, v, causal_window_mask(11, 3))[:, :, 7:], rtol=0, atol=1e-12)
 
 
+def test_window_blocks_share_masks_and_the_backward_keeps_one_copy_of_each():
+    """sdpa would save a float copy of a bool mask per block and layer; shared masks are saved once."""
+    blocks = causal_window_blocks(40, 8)
+    assert len({id(b.mask) for b in blocks}) == 2  # the first block, then the interior blocks alike
+    assert causal_window_blocks(40, 8) is blocks  # every layer gets the same blocks
+    q, k, v = (t.requires_grad_() for t in _qkv(L=40))
+    masks = set()
+
+    def pack(t):
+        if t.shape[-2:] in ((8, 8), (8, 15)) and t.dim() == 2:
+            masks.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for _ in range(3):  # three layers
+            out = attend(q, k, v, blocks=blocks)
+    assert len(masks) == 2
+    torch.testing.assert_close(out, attend(q, k, v, causal_window_mask(40, 8)), rtol=0, atol=1e-12)
+
+
 def test_attend_takes_one_pattern():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="at most one of mask, is_causal and blocks"):
