@@ -29,11 +29,25 @@ class FastInputs(NamedTuple):
         """These tokens followed by ``other``'s (fields None in either stay None)."""
         return FastInputs(*(None if a is None or b is None else torch.cat([a, b], dim=1) for a, b in zip(self, other)))
 
-    def tail(self, n: int) -> Optional["FastInputs"]:
-        """The last ``n`` tokens, or None when ``n`` is 0."""
-        if n == 0:
-            return None
+    def head(self, n: int) -> "FastInputs":
+        """The first ``n`` tokens (views)."""
+        return FastInputs(*(None if a is None else a[:, :n] for a in self))
+
+    def tail(self, n: int) -> "FastInputs":
+        """The last ``n`` tokens (views)."""
         return FastInputs(*(None if a is None else a[:, a.size(1) - n :] for a in self))
+
+    def empty_buffer(self, size: int) -> "FastInputs":
+        """Uninitialised storage for ``size`` tokens of these inputs' k, v, lr, momentum (no q): the
+        preallocated incomplete chunk of a causal stream, filled in place by :meth:`write`."""
+        return FastInputs(None, *(None if a is None else a.new_empty(a.size(0), size, *a.shape[2:]) for a in self[1:]))
+
+    def write(self, other: "FastInputs", start: int) -> None:
+        """Copy ``other``'s tokens into these buffers at [start, start + L) in place (q is not stored)."""
+        L = other.k.size(1)
+        for buffer, new in zip(self[1:], other[1:]):
+            if buffer is not None:
+                buffer[:, start : start + L] = new
 
 
 class FastWeightInputs(nn.Module):
@@ -80,7 +94,8 @@ class FastWeightInputs(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v: [B, L, dim] projections -> q, k, v: [B, L, dim] fast-weight inputs.
 
-        ``positions`` are forwarded to the rope ([L] / [B, L], or [(B,) L, 3] for 3-D RoPE).
+        ``positions`` are forwarded to the rope ([L] / [B, L], or [(B,) L, 3] for 3-D RoPE; or their
+        :class:`~lact_app.nn.rotary.Rotation`).
         """
         if self.qk_scale is not None:
             q = q * self.qk_scale[:, 0] + self.qk_offset[:, 0]
