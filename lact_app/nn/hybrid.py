@@ -130,8 +130,7 @@ class HybridLaCTAttention(nn.Module):
 
     def _packed_attention(self, q, k, v, rotation: Rotation, packing: Packing) -> torch.Tensor:
         """Window (or full) causal attention inside each packed document: q, k, v: [1, T, dim] -> [1, T, dim]."""
-        q, k, v = (self._split_heads(t) for t in (q, k, v))
-        q, k = self.rope.apply(q, rotation), self.rope.apply(k, rotation)
+        q, k, v = self._rotated_heads(q, k, v, rotation)
         o = attend(q, k, v, blocks=packing.attention_blocks(self.window))
         return self._merge_heads(o)
 
@@ -142,8 +141,7 @@ class HybridLaCTAttention(nn.Module):
         (None, None) without a cache). A single token (a decoding step) writes its key into the
         buffer and attends over the buffer's valid slots: no mask, no concatenation.
         """
-        q, k, v = (self._split_heads(t) for t in (q, k, v))
-        q, k = self.rope.apply(q, rotation), self.rope.apply(k, rotation)
+        q, k, v = self._rotated_heads(q, k, v, rotation)
         if cache is None:
             return self._merge_heads(window_attention(q, k, v, self.window)), (None, None)
         pos, cached = cache.pos, None if cache.keys is None else (cache.keys, cache.values)
@@ -160,9 +158,11 @@ class HybridLaCTAttention(nn.Module):
             kv_buffer.write(kv, pos, (k, v), self.window)
         return self._merge_heads(o), kv
 
-    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
-        """[B, L, dim] -> [B, heads, L, Dh] (a view)."""
-        return t.unflatten(-1, (self.num_attn_heads, -1)).transpose(1, 2)
+    def _rotated_heads(self, q, k, v, rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v: [B, L, dim] -> [B, heads, L, Dh] each, q and k rotated (stacked: one rotation for both)."""
+        qk = torch.stack([q, k]).unflatten(-1, (self.num_attn_heads, -1))  # [2, B, L, heads, Dh]
+        q, k = self.rope.apply(qk, rotation, layout="blhd").transpose(2, 3).unbind(0)
+        return q, k, v.unflatten(-1, (self.num_attn_heads, -1)).transpose(1, 2)
 
     @staticmethod
     def _merge_heads(o: torch.Tensor) -> torch.Tensor:

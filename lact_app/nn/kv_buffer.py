@@ -56,7 +56,8 @@ def write(kv: KV, pos: int, new: KV, window: Optional[int]) -> None:
     for buffer, t in zip(kv, new):
         t = t[:, :, L - keep :]
         buffer[:, :, first : first + head] = t[:, :, :head]
-        buffer[:, :, : keep - head] = t[:, :, head:]
+        if keep > head:
+            buffer[:, :, : keep - head] = t[:, :, head:]
 
 
 def valid(kv: KV, count: int, window: Optional[int]) -> KV:
