@@ -5,8 +5,10 @@
 1. Training: tokens/s of one optimizer step (forward, backward, AdamW) on one sequence of 2K, 8K
    and 32K tokens, and the peak resident memory of a fresh process doing it. Short sequences
    time 2 steps after a warm-up step; 32K, where a step takes minutes on a CPU, times 1.
-2. Generation: ms per new token after a prompt of growing length (prefill not timed), and the
-   size of the decoding cache. LaCT's cost is flat (window KV + fast weights); full attention's KV
+2. Generation: ms per new token after a prompt of growing length (prefill not timed), wall time
+   and the process's CPU time (steadier on a shared machine: it leaves out the time other
+   processes hold the cores), and the size of the decoding cache (its preallocated buffers). LaCT's
+   cost is flat (window KV ring + one chunk of pending inputs + fast weights); full attention's KV
    cache and per-token time grow with the context.
 3. Packing: useful tokens/s (real next-token labels per second of training step) and padding
    fraction at 8K and 32K on the standard library's sources (many small documents), packed
@@ -168,11 +170,13 @@ def generation_setting(memory: str, context: int, new_tokens: int) -> dict:
     logits = model(torch.randint(0, model.vocab_size, (1, context)), cache)
     token = logits[:, -1:].argmax(-1)
     model(token, cache)  # warm-up step
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(new_tokens):
         token = model(token, cache)[:, -1:].argmax(-1)
     ms = (time.perf_counter() - start) / new_tokens * 1e3
-    return {"memory": memory, "context": context, "ms_per_token": ms, "cache_mib": cache_mib(cache)}
+    cpu_ms = (time.process_time() - cpu_start) / new_tokens * 1e3
+    return {"memory": memory, "context": context, "ms_per_token": ms, "cpu_ms_per_token": cpu_ms,
+            "cache_mib": cache_mib(cache), "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -194,7 +198,7 @@ def main() -> None:
     if "generation" in sections:
         results["generation"] = [in_fresh_process(args.threads, generation_setting, b, c, args.new_tokens)
                                  for c in contexts for b in MEMORIES]
-        print_table(results["generation"], ["memory", "context", "ms_per_token", "cache_mib"])
+        print_table(results["generation"], ["memory", "context", "ms_per_token", "cpu_ms_per_token", "cache_mib"])
     if "packing" in sections:
         packing_lens = [2048] if args.quick else [8192, 32768]
         rows = [in_fresh_process(args.threads, packing_setting, n, mode, 1 if n > 8192 else 2)

@@ -5,9 +5,9 @@ embedding → N × :class:`~lact_app.nn.hybrid.HybridBlock` (window attention + 
 is causal and the fast weights a token reads have seen earlier chunks only.
 
 Generation streams: the prompt is prefilled in one pass into a cache (one
-:class:`~lact_app.nn.MixerCache` per layer: fast weights, the incomplete chunk and a rolling KV
-cache), then tokens are decoded one at a time against it, so memory and per-token time stay flat as
-the context grows.
+:class:`~lact_app.nn.MixerCache` per layer: fast weights, the incomplete chunk and a KV ring of the
+window, preallocated and written in place), then tokens are decoded one at a time against it, so
+memory and per-token time stay flat as the context grows.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def default_mlp_hidden(dim: int) -> int:
 
 class LMCache(list):
     """The decoding state of a model: one :class:`~lact_app.nn.MixerCache` per layer, advanced in
-    place by :meth:`LaCTLM.forward`."""
+    place by :meth:`LaCTLM.forward` (its preallocated buffers too: a copy of the list taken earlier
+    does not keep an earlier state)."""
 
     @property
     def pos(self) -> int:

@@ -8,10 +8,15 @@ sees a whole sequence and returns None. Each mixer fills the fields it needs:
 * ``fast``: the fast weights (and momentum buffers) after the last update (None: the learned
   initial weights);
 * ``pending``: the fast-weight inputs of a causal layer's incomplete chunk (their queries were
-  applied already; they update the fast weights once the chunk completes);
-* ``keys``, ``values``: ``[B, heads, Lk, Dh]`` attention context (a rolling window, the clean
-  chunks so far, or the input views' tokens);
+  applied already; they update the fast weights once the chunk completes): a preallocated
+  one-chunk buffer whose first ``pos % chunk`` tokens are valid;
+* ``keys``, ``values``: ``[B, heads, Lk, Dh]`` attention context (the LM's preallocated window ring
+  or growing full-attention buffer, see :mod:`~lact_app.nn.kv_buffer`; the clean chunks so far; or
+  the input views' tokens);
 * ``pos``: tokens consumed so far (positions of RoPE and of the causal window).
+
+The dataclass is frozen, but the LM's buffers are written in place by the next step (decoding
+allocates nothing per token), so a stream continues from its latest cache only.
 """
 
 from __future__ import annotations

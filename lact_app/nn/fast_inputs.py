@@ -29,11 +29,25 @@ class FastInputs(NamedTuple):
         """These tokens followed by ``other``'s (fields None in either stay None)."""
         return FastInputs(*(None if a is None or b is None else torch.cat([a, b], dim=1) for a, b in zip(self, other)))
 
-    def tail(self, n: int) -> Optional["FastInputs"]:
-        """The last ``n`` tokens, or None when ``n`` is 0."""
-        if n == 0:
-            return None
+    def head(self, n: int) -> "FastInputs":
+        """The first ``n`` tokens (views)."""
+        return FastInputs(*(None if a is None else a[:, :n] for a in self))
+
+    def tail(self, n: int) -> "FastInputs":
+        """The last ``n`` tokens (views)."""
         return FastInputs(*(None if a is None else a[:, a.size(1) - n :] for a in self))
+
+    def empty_buffer(self, size: int) -> "FastInputs":
+        """Uninitialised storage for ``size`` tokens of these inputs' k, v, lr, momentum (no q): the
+        preallocated incomplete chunk of a causal stream, filled in place by :meth:`write`."""
+        return FastInputs(None, *(None if a is None else a.new_empty(a.size(0), size, *a.shape[2:]) for a in self[1:]))
+
+    def write(self, other: "FastInputs", start: int) -> None:
+        """Copy ``other``'s tokens into these buffers at [start, start + L) in place (q is not stored)."""
+        L = other.k.size(1)
+        for buffer, new in zip(self[1:], other[1:]):
+            if buffer is not None:
+                buffer[:, start : start + L] = new
 
 
 class FastWeightInputs(nn.Module):
@@ -80,19 +94,22 @@ class FastWeightInputs(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v: [B, L, dim] projections -> q, k, v: [B, L, dim] fast-weight inputs.
 
-        ``positions`` are forwarded to the rope ([L] / [B, L], or [(B,) L, 3] for 3-D RoPE).
+        ``positions`` are forwarded to the rope ([L] / [B, L], or [(B,) L, 3] for 3-D RoPE; or their
+        :class:`~lact_app.nn.rotary.Rotation`).
         """
-        if self.qk_scale is not None:
-            q = q * self.qk_scale[:, 0] + self.qk_offset[:, 0]
-            k = k * self.qk_scale[:, 1] + self.qk_offset[:, 1]
+        # q and k go through the same elementwise steps: stacked, each step is one op for both
+        # (a decoding step's cost is the number of ops, not their size)
+        qk = torch.stack([q, k])  # [2, B, L, dim]
+        if self.qk_scale is not None:  # [dim, 2] -> [2, 1, 1, dim]
+            qk = qk * self.qk_scale.mT[:, None, None] + self.qk_offset.mT[:, None, None]
         if self.silu:
-            q, k = F.silu(q), F.silu(k)
+            qk = F.silu(qk)
         if self.v_silu:
             v = F.silu(v)
-        q, k = self._l2_per_head(q), self._l2_per_head(k)
+        qk = self._l2_per_head(qk)
         if self.rope is not None:
-            q, k = self._rotate(q, positions), self._rotate(k, positions)
-        return q, k, v
+            qk = self._rotate(qk, positions)
+        return qk[0], qk[1], v
 
     def extra_repr(self) -> str:
         return (
@@ -100,9 +117,10 @@ class FastWeightInputs(nn.Module):
         )
 
     def _l2_per_head(self, x: torch.Tensor) -> torch.Tensor:
-        """l2-normalise each head of x: [B, L, n_h * D]."""
+        """l2-normalise each head of x: [..., L, n_h * D]."""
         return l2_normalize(x.unflatten(-1, (self.num_heads, -1))).flatten(-2)
 
     def _rotate(self, x: torch.Tensor, positions: Optional[torch.Tensor]) -> torch.Tensor:
-        pieces = x.unflatten(-1, (-1, self.rope.head_dim))  # [B, L, pieces, Dh_rope]
+        """Rotate x: [..., L, n_h * D] in pieces of the rope's head_dim."""
+        pieces = x.unflatten(-1, (-1, self.rope.head_dim))  # [..., L, pieces, Dh_rope]
         return self.rope.apply(pieces, positions, layout="blhd").flatten(-2)

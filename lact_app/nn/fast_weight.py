@@ -12,10 +12,9 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from ..ops import LM_NS_COEFFS, FastWeights, Op, classic_ns_coeffs, lact_swiglu
+from ..ops import LM_NS_COEFFS, FastWeights, Op, apply_fast_weights, classic_ns_coeffs, lact_swiglu
 from .config import FastWeightConfig
 from .fast_inputs import FastInputs
 from .precision import autocast_off
@@ -46,17 +45,17 @@ def resolve_ns_coeffs(ns_coeffs: Union[str, Coeffs], ns_steps: int = 5) -> tuple
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B, L, n_h * D] -> [B * n_h, L, D] (heads folded into the batch, batch-major like ``repeat``)."""
-    return rearrange(x, "b l (h d) -> (b h) l d", h=num_heads)
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2).flatten(0, 1)
 
 
 def fold_heads(x: torch.Tensor) -> torch.Tensor:
     """Per-head scalars [B, L, n_h, j] -> [B * n_h, L, j] (lr: j = 3, momentum: j = 1)."""
-    return rearrange(x, "b l h j -> (b h) l j")
+    return x.transpose(1, 2).flatten(0, 1)
 
 
 def merge_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B * n_h, L, D] -> [B, L, n_h * D]."""
-    return rearrange(x, "(b h) l d -> b l (h d)", h=num_heads)
+    return x.unflatten(0, (-1, num_heads)).transpose(1, 2).flatten(-2)
 
 
 class FastWeightBranch(nn.Module):
@@ -160,6 +159,21 @@ class FastWeightBranch(nn.Module):
             recompute=self.recompute,
         )
         return merge_heads(o, n), state
+
+    def apply_only(self, q: torch.Tensor, state: FastWeights) -> torch.Tensor:
+        """The fast weights applied to preprocessed queries, q: [B, L, n_h * D] -> o: [B, L, n_h * D].
+
+        What an apply-only op computes, without the schedule machinery (validation, assembly),
+        which costs more than the maths for a decoding step's single token.
+        """
+        return merge_heads(apply_fast_weights(state, split_heads(q, self.num_heads)), self.num_heads)
+
+    def update_only(self, inputs: FastInputs, state: FastWeights) -> FastWeights:
+        """One inner step of ``state`` on every token of ``inputs`` (k, v, lr, momentum [B, L, ·]),
+        through the op (the completed chunk of a causal stream)."""
+        update = [Op(0, inputs.k.size(1), update=True, apply=False)]
+        _, state = self(inputs._replace(q=inputs.k), update, state)  # an update-only op reads no query
+        return state
 
     def extra_repr(self) -> str:
         return (

@@ -7,7 +7,8 @@ teacher forcing) or streams: given a :class:`~lact_app.nn.MixerCache` it continu
 where the cache left off, which is what generation does one token at a time. The cache holds what
 a causal layer needs from the past and nothing more, so its size and the per-token cost do not
 grow with the context: the fast weights after the last complete chunk, the fast-weight inputs of
-the current incomplete chunk, and the rotated keys and values of the last ``window − 1`` tokens.
+the current incomplete chunk (a preallocated chunk buffer) and the rotated keys and values of the
+last ``window`` tokens (a preallocated ring, :mod:`~lact_app.nn.kv_buffer`), all written in place.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from einops import rearrange
 from torch import nn
 
+from . import kv_buffer
 from .attention import attend
 from .cache import MixerCache
 from .config import BackboneConfig, FastWeightConfig, check_memory
@@ -25,7 +26,7 @@ from .lact_layer import LaCTLayer
 from .masks import causal_window_blocks
 from .mlp import SwiGLUMLP
 from .packing import Packing
-from .rotary import RotaryEmbedding
+from .rotary import RotaryEmbedding, Rotation
 
 
 
@@ -110,15 +111,16 @@ class HybridLaCTAttention(nn.Module):
             positions = packing.positions
         else:
             positions = torch.arange(pos, pos + h.size(1), device=h.device)
+        rotation = self.rope.rotation(positions, like=h)  # shared by the attention's and the fast q, k
         q, k, v = self.qkv(h).chunk(3, dim=-1)
         if packing is None:
-            out, kv = self._attention(q, k, v, positions, cache)
+            out, kv = self._attention(q, k, v, rotation, cache)
         else:
-            out, kv = self._packed_attention(q, k, v, packing), (None, None)
+            out, kv = self._packed_attention(q, k, v, rotation, packing), (None, None)
         fast = pending = None
         if self.lact is not None:
             cu_seqlens = None if packing is None else packing.cu_seqlens
-            lact, fast, pending = self.lact.causal(h, qkv=(q, k, v), positions=positions, cache=cache,
+            lact, fast, pending = self.lact.causal(h, qkv=(q, k, v), positions=rotation, cache=cache,
                                                    cu_seqlens=cu_seqlens)  # fmt: skip
             out = out + lact
         y = self.o_proj(out)
@@ -126,26 +128,46 @@ class HybridLaCTAttention(nn.Module):
             return y, None
         return y, MixerCache(pos + h.size(1), fast, pending, *kv)
 
-    def _packed_attention(self, q, k, v, packing: Packing) -> torch.Tensor:
+    def _packed_attention(self, q, k, v, rotation: Rotation, packing: Packing) -> torch.Tensor:
         """Window (or full) causal attention inside each packed document: q, k, v: [1, T, dim] -> [1, T, dim]."""
-        q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.num_attn_heads) for t in (q, k, v))
-        q, k = self.rope.apply(q, packing.positions), self.rope.apply(k, packing.positions)
+        q, k, v = self._rotated_heads(q, k, v, rotation)
         o = attend(q, k, v, blocks=packing.attention_blocks(self.window))
-        return rearrange(o, "b h l d -> b l (h d)")
+        return self._merge_heads(o)
 
-    def _attention(self, q, k, v, positions, cache):
-        """Window attention of the new tokens over the cached and new keys.  -> ([B, L, dim], (keys, values))."""
-        q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.num_attn_heads) for t in (q, k, v))
-        q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
-        pos = 0 if cache is None else cache.pos
-        if cache is not None and cache.keys is not None:
-            k, v = torch.cat([cache.keys, k], dim=2), torch.cat([cache.values, v], dim=2)
-        o = window_attention(q, k, v, self.window, q_offset=pos, k_offset=pos + q.size(2) - k.size(2))
-        kv = (None, None)
-        if cache is not None:
-            keep = k.size(2) if self.window is None else min(k.size(2), self.window - 1)
-            kv = (k[:, :, k.size(2) - keep :], v[:, :, v.size(2) - keep :])
-        return rearrange(o, "b h l d -> b l (h d)"), kv
+    def _attention(self, q, k, v, rotation: Rotation, cache: Optional[MixerCache]):
+        """Window attention of the new tokens over the cached and new keys.
+
+        q, k, v: [B, L, dim] -> ([B, L, dim], the cache's key and value buffers (:mod:`.kv_buffer`), or
+        (None, None) without a cache). A single token (a decoding step) writes its key into the
+        buffer and attends over the buffer's valid slots: no mask, no concatenation.
+        """
+        q, k, v = self._rotated_heads(q, k, v, rotation)
+        if cache is None:
+            return self._merge_heads(window_attention(q, k, v, self.window)), (None, None)
+        pos, cached = cache.pos, None if cache.keys is None else (cache.keys, cache.values)
+        kv = kv_buffer.reserve(cached, pos, (k, v), self.window)
+        if q.size(2) == 1:
+            kv_buffer.write(kv, pos, (k, v), self.window)
+            o = attend(q, *kv_buffer.valid(kv, pos + 1, self.window))
+        else:
+            context, k_offset = (k, v), pos
+            if cached is not None:  # read the context before the new tokens overwrite ring slots
+                (ck, cv), k_offset = kv_buffer.in_order(kv, pos, self.window)
+                context = (torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2))
+            o = window_attention(q, *context, self.window, q_offset=pos, k_offset=k_offset)
+            kv_buffer.write(kv, pos, (k, v), self.window)
+        return self._merge_heads(o), kv
+
+    def _rotated_heads(self, q, k, v, rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v: [B, L, dim] -> [B, heads, L, Dh] each, q and k rotated (stacked: one rotation for both)."""
+        qk = torch.stack([q, k]).unflatten(-1, (self.num_attn_heads, -1))  # [2, B, L, heads, Dh]
+        q, k = self.rope.apply(qk, rotation, layout="blhd").transpose(2, 3).unbind(0)
+        return q, k, v.unflatten(-1, (self.num_attn_heads, -1)).transpose(1, 2)
+
+    @staticmethod
+    def _merge_heads(o: torch.Tensor) -> torch.Tensor:
+        """[B, heads, L, Dh] -> [B, L, dim]."""
+        return o.transpose(1, 2).flatten(-2)
 
 
 class HybridBlock(nn.Module):

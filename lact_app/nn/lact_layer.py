@@ -104,7 +104,7 @@ class LaCTLayer(nn.Module):
 
     def fast_inputs(self, x: torch.Tensor, qkv: Optional[QKV], positions: Optional[torch.Tensor]) -> FastInputs:
         """x: [B, L, dim] (and the shared q̂, k̂, v̂ [B, L, dim] when the layer has no projections)
-        -> the op's per-token inputs. ``positions`` go to the RoPE."""
+        -> the op's per-token inputs. ``positions`` (or their RoPE ``Rotation``) go to the RoPE."""
         if qkv is None:
             if self.qkv is None:
                 raise ValueError("this LaCTLayer shares its caller's projections: pass qkv")
@@ -174,7 +174,8 @@ class LaCTLayer(nn.Module):
         Without a cache x is a whole sequence (the last chunk's update is read by no one, so it is
         skipped). With one, x continues the sequence: the queries of the new tokens read the
         cached fast weights until their chunk completes; the incomplete chunk's inputs are kept
-        (``pending``) and update the fast weights when it does.
+        (``pending``: a preallocated buffer of one chunk, written in place, whose first
+        ``cache.pos % chunk`` tokens are valid) and update the fast weights when it completes.
 
         With ``cu_seqlens`` (no cache) x packs documents ``[cu_seqlens[i], cu_seqlens[i + 1])``:
         chunks align at each document's start and the fast weights restart from the initial ones.
@@ -193,15 +194,20 @@ class LaCTLayer(nn.Module):
                 schedule = packed_causal_schedule(cu_seqlens, self.chunk, update_last=False)
             o, _ = self.branch(new, schedule)
             return self.finish(x, o), None, None
-        applied = 0 if cache.pending is None else cache.pending.k.size(1)
-        keep = new._replace(q=None)
-        inputs = keep if cache.pending is None else cache.pending.extend(keep)
-        if applied + L < self.chunk:  # no chunk completes (most decoding steps): apply only
-            o, fast = self.branch(new, [Op(0, L, update=False, apply=True)], cache.fast)
-            return self.finish(x, o), fast, inputs
+        applied = cache.pos % self.chunk  # tokens of the incomplete chunk, applied already
+        fast = self.branch.initial_state(x.size(0)) if cache.fast is None else cache.fast
+        pending = new.empty_buffer(self.chunk) if cache.pending is None else cache.pending
+        if applied + L <= self.chunk:  # within the current chunk (every decoding step): apply, then
+            pending.write(new, applied)  # update once the chunk completes
+            o = self.branch.apply_only(new.q, fast)
+            if applied + L == self.chunk:
+                fast = self.branch.update_only(pending, fast)
+            return self.finish(x, o), fast, pending
         q = new.q
         if applied:  # the incomplete chunk's queries were applied already: pad their slots
             q = torch.cat([q.new_zeros(q.size(0), applied, q.size(2)), q], dim=1)
+        inputs = pending.head(applied).extend(new)._replace(q=q)
         n = q.size(1)
-        o, fast = self.branch(inputs._replace(q=q), streaming_schedule(n, self.chunk, applied), cache.fast)
-        return self.finish(x, o[:, applied:]), fast, inputs.tail(n % self.chunk)
+        o, fast = self.branch(inputs, streaming_schedule(n, self.chunk, applied), fast)
+        pending.write(inputs.tail(n % self.chunk), 0)
+        return self.finish(x, o[:, applied:]), fast, pending

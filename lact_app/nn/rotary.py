@@ -10,7 +10,7 @@ rounds them. They are plain objects, not ``nn.Module`` s, so their ``apply`` doe
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -21,6 +21,18 @@ LAYOUTS = ("bhld", "blhd")
 def rope_frequencies(dim: int, theta: float, device: Optional[torch.device] = None) -> torch.Tensor:
     """Inverse frequencies theta^(-2i/dim), i < dim/2, float64.  -> [dim // 2]."""
     return theta ** (-torch.arange(0, dim // 2, device=device, dtype=torch.float64) * 2 / dim)
+
+
+class Rotation(NamedTuple):
+    """cos and sin of the angles of some positions, [L, Dh/2] or [B, L, Dh/2] float64.
+
+    Computed once (:meth:`RotaryEmbedding.rotation`) and applied to every tensor rotated at the
+    same positions: q and k of the attention and of the fast weights in a hybrid layer, where a
+    decoding step would otherwise rebuild the angles four times for one token.
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
 
 
 def rotate(x: torch.Tensor, angles: torch.Tensor, interleaved: bool, layout: str = "bhld") -> torch.Tensor:
@@ -36,14 +48,25 @@ def rotate(x: torch.Tensor, angles: torch.Tensor, interleaved: bool, layout: str
     Returns:
         x rotated, same shape and dtype.
     """
+    return rotate_by(x, Rotation(angles.cos(), angles.sin()), interleaved, layout)
+
+
+def rotation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype x is rotated in: fp32 for bf16 / fp16 / fp32, fp64 stays fp64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def rotate_by(x: torch.Tensor, rotation: Rotation, interleaved: bool, layout: str = "bhld") -> torch.Tensor:
+    """:func:`rotate` with the cos and sin of the angles given."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout == "bhld" and angles.dim() == 3:
-        angles = angles.unsqueeze(1)  # [B, 1, L, P]
+    cos, sin = rotation
+    if layout == "bhld" and cos.dim() == 3:
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, L, P]
     elif layout == "blhd":
-        angles = angles.unsqueeze(-2)  # [(B,) L, 1, P]
-    dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 for bf16/fp16/fp32, fp64 stays fp64
-    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [(B,) L, 1, P]
+    dtype = rotation_dtype(x)
+    cos, sin = cos.to(dtype), sin.to(dtype)
     xf = x.to(dtype)
     if interleaved:
         x1, x2 = xf[..., 0::2], xf[..., 1::2]
@@ -77,18 +100,27 @@ class RotaryEmbedding:
         """0, 1, …, length − 1.  -> [L]."""
         return torch.arange(length, device=device)
 
+    def rotation(self, positions: torch.Tensor, like: Optional[torch.Tensor] = None) -> Rotation:
+        """The cos and sin of the angles of ``positions`` (see :meth:`angles`), to rotate several
+        tensors: float64, or the dtype the rotation of tensors ``like`` this one runs in."""
+        angles = self.angles(positions)
+        dtype = torch.float64 if like is None else rotation_dtype(like)
+        return Rotation(angles.cos().to(dtype), angles.sin().to(dtype))
+
     def apply(
-        self, x: torch.Tensor, positions: Optional[torch.Tensor] = None, layout: str = "bhld"
+        self, x: torch.Tensor, positions: Union[torch.Tensor, Rotation, None] = None, layout: str = "bhld"
     ) -> torch.Tensor:
         """Rotate x: [B, heads, L, Dh] ("bhld") or [B, L, heads, Dh] ("blhd") at ``positions``.
 
-        ``positions`` defaults to :meth:`default_positions` of the sequence length.
+        ``positions``: the integer positions (default: :meth:`default_positions` of the sequence
+        length), or their :meth:`rotation` computed once for several tensors.
         """
         if x.size(-1) != self.head_dim:
             raise ValueError(f"expected head dim {self.head_dim}, got x of shape {tuple(x.shape)}")
         if positions is None:
             positions = self.default_positions(x.size(-2 if layout == "bhld" else -3), x.device)
-        return rotate(x, self.angles(positions), self.interleaved, layout)
+        rotation = positions if isinstance(positions, Rotation) else self.rotation(positions)
+        return rotate_by(x, rotation, self.interleaved, layout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(head_dim={self.head_dim}, theta={self.theta}, interleaved={self.interleaved})"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lact_app.models.lm import LaCTLM, default_mlp_hidden, sample_next
-from lact_app.nn import BackboneConfig, FastWeightConfig, attend, causal_window_mask
+from lact_app.nn import BackboneConfig, FastWeightConfig, attend, causal_window_mask, kv_buffer
 from lact_app.nn.hybrid import window_attention
 
 pytestmark = pytest.mark.timeout(120)
@@ -97,13 +97,53 @@ def test_streaming_prefill_in_two_pieces(split):
     assert cache.pos == ids.size(1)
 
 
+@pytest.mark.parametrize("memory", ["lact", "full_attention", "none"])
+def test_single_token_steps_equal_one_prefill(memory):
+    """N decoding steps leave the cache one N-token prefill leaves: the same logits, fast weights,
+    pending chunk and window keys, across chunk boundaries and ring wrap-arounds."""
+    model = _model(memory).double()
+    ids = _tokens(2, 3 * CHUNK + 5)  # 3 completed chunk updates, the ring (WINDOW slots) wrapped 3 times
+    prefilled, stepped = model.new_cache(), model.new_cache()
+    logits = model(ids, prefilled)
+    steps = torch.cat([model(token, stepped) for token in ids.split(1, dim=1)], dim=1)
+    # Exact in float64 until the first update; after it, the lr / momentum heads, which run in fp32
+    # by design, round differently for one token and for N (up to ~2e-5 here, as before the buffers).
+    torch.testing.assert_close(steps[:, :CHUNK], logits[:, :CHUNK], rtol=1e-12, atol=1e-12)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if memory == "lact" else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(steps, logits, **tol)
+    window = model.blocks[0].mixer.window
+    for one, many in zip(prefilled, stepped):
+        assert one.pos == many.pos == ids.size(1)
+        for a, b in zip(*(kv_buffer.in_order((c.keys, c.values), c.pos, window)[0] for c in (one, many))):
+            torch.testing.assert_close(a, b, **tol)
+        if memory == "lact":
+            for field in ("w02", "w1", "mom02", "mom1"):
+                torch.testing.assert_close(getattr(one.fast, field), getattr(many.fast, field), **tol)
+            for a, b in zip(one.pending.head(5)[1:], many.pending.head(5)[1:]):  # k, v, lr, momentum
+                torch.testing.assert_close(a, b, **tol)
+
+
 def test_cache_stays_bounded():
+    """The window ring and the pending chunk are allocated once; decoding writes into them in place."""
     model = _model()
     cache = model.new_cache()
     model(_tokens(1, 5 * CHUNK + 3), cache)
     layer = cache[0]
-    assert layer.keys.size(2) == WINDOW - 1
-    assert layer.pending.k.size(1) == 3 and layer.fast.mom02 is not None
+    assert layer.keys.size(2) == WINDOW  # the w − 1 earlier keys and the decoded token's own
+    assert layer.pending.k.size(1) == CHUNK and layer.fast.mom02 is not None
+    storage = [t.data_ptr() for t in (layer.keys, layer.values, *layer.pending[1:])]
+    for token in _tokens(1, 2 * CHUNK + 1).split(1, dim=1):
+        model(token, cache)
+    assert [t.data_ptr() for t in (cache[0].keys, cache[0].values, *cache[0].pending[1:])] == storage
+
+
+def test_full_attention_cache_doubles():
+    model = _model("full_attention")
+    cache = model.new_cache()
+    model(_tokens(1, 20), cache)
+    assert cache[0].keys.size(2) == 20
+    model(_tokens(1, 1), cache)
+    assert cache[0].keys.size(2) == 40 and cache.pos == 21
 
 
 def test_window_attention_matches_dense_mask():
