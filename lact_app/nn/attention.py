@@ -47,7 +47,8 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     per_dtype = _ADDITIVE_MASKS.setdefault(mask, {})
     if dtype not in per_dtype:
-        per_dtype[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        with torch.inference_mode(False):  # made during validation, it may serve a training step later
+            per_dtype[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
     return per_dtype[dtype]
 
 

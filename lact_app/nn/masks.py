@@ -102,7 +102,8 @@ def causal_window_blocks(
         hi = q_offset + e - k_offset
         pattern = (e - s, hi - lo, first - k_offset - lo)  # the mask depends on positions relative to its first key
         if pattern not in masks:
-            masks[pattern] = causal_window_mask(e - s, window, first, hi - lo, k_offset + lo, device=device)
+            with torch.inference_mode(False):  # cached: made during validation, it may serve a training step
+                masks[pattern] = causal_window_mask(e - s, window, first, hi - lo, k_offset + lo, device=device)
         blocks.append(QueryBlock(s, e, ((lo, hi),), mask=masks[pattern]))
     return tuple(blocks)
 

@@ -98,6 +98,17 @@ def test_window_blocks_share_masks_and_the_backward_keeps_one_copy_of_each():
     torch.testing.assert_close(out, attend(q, k, v, causal_window_mask(40, 8)), rtol=0, atol=1e-12)
 
 
+def test_masks_cached_during_inference_serve_training():
+    """Validation (inference mode) may build the cached blocks and additive masks a training step reuses."""
+    causal_window_blocks.cache_clear()
+    q, k, v = _qkv(L=24)
+    with torch.inference_mode():
+        attend(q, k, v, blocks=causal_window_blocks(24, 8))
+    q.requires_grad_()
+    attend(q, k, v, blocks=causal_window_blocks(24, 8)).sum().backward()
+    assert q.grad is not None
+
+
 def test_attend_takes_one_pattern():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="at most one of mask, is_causal and blocks"):
