@@ -8,6 +8,7 @@ own task, datamodule and Trainer, no second training loop.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -120,6 +121,14 @@ def run_lm(name: str, root: Path, corpus: Path, budget: Budget, overrides: dict[
             "params": sum(p.numel() for p in cli.model.model.parameters())}  # fmt: skip
 
 
+def finished_path(root: Path, name: str, budget: Budget, overrides: dict[str, Any]) -> Path:
+    """Where the result of one setting is kept in ``root``, so a rerun with the same ``--work``
+    resumes at the next unfinished setting. Named by the setting's budget and overrides too: a
+    ``--quick`` result never stands in for a full one."""
+    key = hashlib.sha1(json.dumps([vars(budget), overrides], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return root / "finished" / f"{name}-{key}.json"
+
+
 def none(value: Any) -> Any:
     """CLI spelling of a value (None -> null)."""
     return "null" if value is None else value
@@ -177,7 +186,12 @@ def run_experiment(
     with workspace(args) as root:
         corpus = prepare_corpus(root)
         for name, overrides, key in settings:
-            new = rows_of(key, run_lm(name, root, corpus, budget, overrides))
+            done = finished_path(root, name, budget, overrides)
+            if not done.is_file():
+                run = run_lm(name, root, corpus, budget, overrides)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(run, default=str))
+            new = rows_of(key, json.loads(done.read_text()))
             print(name, new, flush=True)
             rows += new
     # the machine's 1-minute load before and after: throughput rows mean little on a busy machine

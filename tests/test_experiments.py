@@ -46,3 +46,19 @@ def test_experiment_writes_its_rows_and_plot(name, work, tmp_path, monkeypatch):
     assert len(results["rows"]) == count and all(set(row) == columns for row in results["rows"])
     assert all(v == v for row in results["rows"] for v in row.values() if isinstance(v, float))  # no NaN
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_rerun_with_the_same_work_folder_resumes_at_the_next_setting(work, tmp_path, monkeypatch):
+    """Settings finished by an interrupted run are kept in ``--work`` and not trained again."""
+    module = importlib.import_module("experiments.muon_momentum.__main__")
+    monkeypatch.setattr(module, "QUICK", CASES["muon_momentum"][0])
+    first, second = tmp_path / "first", tmp_path / "second"
+    module.main(["--quick", "--out", str(first), "--work", str(work)])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished setting was trained again")
+
+    monkeypatch.setattr("experiments.common.run_lm", no_training)
+    module.main(["--quick", "--out", str(second), "--work", str(work)])
+    rows = [json.loads((out / "results.json").read_text())["rows"] for out in (first, second)]
+    assert rows[0] == rows[1]

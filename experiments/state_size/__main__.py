@@ -19,7 +19,7 @@ WINDOW = 256
 #: (budget, [(heads, inter_multi)])
 QUICK = (Budget(steps=12, seq_len=256, batch_size=2, model={**QUICK_MODEL, "fast_weight.chunk": 64}), [(2, 1.0), (2, 4.0)])
 FULL = (Budget(steps=200, seq_len=2048, batch_size=2, model={**FULL_MODEL, "fast_weight.chunk": 256}),
-        [(2, 1.0), (2, 2.0), (2, 4.0), (4, 1.0)])
+        [(2, 1.0), (2, 2.0), (2, 4.0), (1, 1.0)])  # fast heads must hold whole RoPE pieces (attention head dim 64)
 
 
 def state_params(budget: Budget, heads: int, inter_multi: float) -> int:
