@@ -16,7 +16,7 @@ class FastInputs(NamedTuple):
     """What the fast-weight op reads per token.
 
     q, k, v: [B, L, n_h * D]; lr: [B, L, n_h, 3]; momentum: [B, L, n_h, 1] or None. ``q`` is None
-    for tokens whose queries were applied already (the incomplete chunk of a causal stream).
+    for an update-only op (the completed chunk of a causal stream, whose queries were applied).
     """
 
     q: Optional[torch.Tensor]
@@ -24,30 +24,6 @@ class FastInputs(NamedTuple):
     v: torch.Tensor
     lr: torch.Tensor
     momentum: Optional[torch.Tensor]
-
-    def extend(self, other: "FastInputs") -> "FastInputs":
-        """These tokens followed by ``other``'s (fields None in either stay None)."""
-        return FastInputs(*(None if a is None or b is None else torch.cat([a, b], dim=1) for a, b in zip(self, other)))
-
-    def head(self, n: int) -> "FastInputs":
-        """The first ``n`` tokens (views)."""
-        return FastInputs(*(None if a is None else a[:, :n] for a in self))
-
-    def tail(self, n: int) -> "FastInputs":
-        """The last ``n`` tokens (views)."""
-        return FastInputs(*(None if a is None else a[:, a.size(1) - n :] for a in self))
-
-    def empty_buffer(self, size: int) -> "FastInputs":
-        """Uninitialised storage for ``size`` tokens of these inputs' k, v, lr, momentum (no q): the
-        preallocated incomplete chunk of a causal stream, filled in place by :meth:`write`."""
-        return FastInputs(None, *(None if a is None else a.new_empty(a.size(0), size, *a.shape[2:]) for a in self[1:]))
-
-    def write(self, other: "FastInputs", start: int) -> None:
-        """Copy ``other``'s tokens into these buffers at [start, start + L) in place (q is not stored)."""
-        L = other.k.size(1)
-        for buffer, new in zip(self[1:], other[1:]):
-            if buffer is not None:
-                buffer[:, start : start + L] = new
 
 
 class FastWeightInputs(nn.Module):

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import FastWeights, Op, causal_schedule, packed_causal_schedule
-from .cache import MixerCache
+from .cache import MixerCache, PendingChunk
 from .config import FastWeightConfig
 from .fast_inputs import FastInputs, FastWeightInputs
 from .fast_weight import FastWeightBranch
@@ -102,16 +102,28 @@ class LaCTLayer(nn.Module):
         skip = {id(p) for m in (self.qkv, self.out_proj) if m is not None for p in m.parameters()}
         return [(n, p) for n, p in self.named_parameters() if id(p) not in skip]
 
-    def fast_inputs(self, x: torch.Tensor, qkv: Optional[QKV], positions: Optional[torch.Tensor]) -> FastInputs:
+    def fast_qkv(self, x: torch.Tensor, qkv: Optional[QKV], positions: Optional[torch.Tensor]) -> QKV:
         """x: [B, L, dim] (and the shared q̂, k̂, v̂ [B, L, dim] when the layer has no projections)
-        -> the op's per-token inputs. ``positions`` (or their RoPE ``Rotation``) go to the RoPE."""
+        -> the fast q, k, v [B, L, dim] (affine, silu, l2, RoPE). ``positions`` (or their RoPE
+        ``Rotation``) go to the RoPE."""
         if qkv is None:
             if self.qkv is None:
                 raise ValueError("this LaCTLayer shares its caller's projections: pass qkv")
             qkv = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self.recomputed(self.inputs, *qkv, positions=positions)
-        lr = self.lr_proj(x)
-        return FastInputs(q, k, v, lr=lr, momentum=None if self.momentum_proj is None else self.momentum_proj(x))
+        return self.recomputed(self.inputs, *qkv, positions=positions)
+
+    def step_sizes(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: [B, L, dim] -> the per-token lrs [B, L, n_h, 3] and momentum [B, L, n_h, 1] (or None)."""
+        return self.lr_proj(x), None if self.momentum_proj is None else self.momentum_proj(x)
+
+    def fast_inputs(self, x: torch.Tensor, qkv: Optional[QKV], positions: Optional[torch.Tensor]) -> FastInputs:
+        """x: [B, L, dim] (and the shared q̂, k̂, v̂) -> the op's per-token inputs (see :meth:`fast_qkv`)."""
+        return FastInputs(*self.fast_qkv(x, qkv, positions), *self.step_sizes(x))
+
+    def chunk_inputs(self, tokens: PendingChunk, q: Optional[torch.Tensor] = None) -> FastInputs:
+        """The op's inputs of a causal stream's tokens (k, v, x [B, n, ·]) with queries q [B, n, dim]
+        (None: update only), their step sizes computed from x for all of them at once."""
+        return FastInputs(q, tokens.k, tokens.v, *self.step_sizes(tokens.x))
 
     def finish(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Branch output o: [B, L, dim] -> per-head norm -> gate (from x: [B, L, dim]) -> out proj."""
@@ -168,14 +180,16 @@ class LaCTLayer(nn.Module):
         positions: Optional[torch.Tensor] = None,
         cache: Optional[MixerCache] = None,
         cu_seqlens: Optional[Sequence[int]] = None,
-    ) -> tuple[torch.Tensor, Optional[FastWeights], Optional[FastInputs]]:
+    ) -> tuple[torch.Tensor, Optional[FastWeights], Optional[PendingChunk]]:
         """Causal apply-then-update chunks of ``config.chunk`` tokens aligned at 0 (LACT_SPEC.md §1.9(a)).
 
         Without a cache x is a whole sequence (the last chunk's update is read by no one, so it is
         skipped). With one, x continues the sequence: the queries of the new tokens read the
-        cached fast weights until their chunk completes; the incomplete chunk's inputs are kept
-        (``pending``: a preallocated buffer of one chunk, written in place, whose first
-        ``cache.pos % chunk`` tokens are valid) and update the fast weights when it completes.
+        cached fast weights until their chunk completes; the incomplete chunk's tokens are kept
+        (``pending``, a :class:`~lact_app.nn.cache.PendingChunk`: a preallocated buffer of one chunk,
+        written in place, whose first ``cache.pos % chunk`` tokens are valid) and update the fast
+        weights when it completes. Their lrs and momentum are computed then, for the whole chunk at
+        once: a single-token step runs no lr or momentum head.
 
         With ``cu_seqlens`` (no cache) x packs documents ``[cu_seqlens[i], cu_seqlens[i + 1])``:
         chunks align at each document's start and the fast weights restart from the initial ones.
@@ -185,29 +199,29 @@ class LaCTLayer(nn.Module):
         """
         if self.chunk is None:
             raise ValueError("a causal LaCT layer needs fast_weight.chunk")
-        new = self.fast_inputs(x, qkv, positions)
         L = x.size(1)
         if cache is None:
             if cu_seqlens is None:
                 schedule = causal_schedule(L, self.chunk, update_last=False)
             else:
                 schedule = packed_causal_schedule(cu_seqlens, self.chunk, update_last=False)
-            o, _ = self.branch(new, schedule)
+            o, _ = self.branch(self.fast_inputs(x, qkv, positions), schedule)
             return self.finish(x, o), None, None
         applied = cache.pos % self.chunk  # tokens of the incomplete chunk, applied already
         fast = self.branch.initial_state(x.size(0)) if cache.fast is None else cache.fast
-        pending = new.empty_buffer(self.chunk) if cache.pending is None else cache.pending
+        q, k, v = self.fast_qkv(x, qkv, positions)
+        new = PendingChunk(k, v, x)
+        pending = new.buffer(self.chunk) if cache.pending is None else cache.pending
         if applied + L <= self.chunk:  # within the current chunk (every decoding step): apply, then
             pending.write(new, applied)  # update once the chunk completes
-            o = self.branch.apply_only(new.q, fast)
+            o = self.branch.apply_only(q, fast)
             if applied + L == self.chunk:
-                fast = self.branch.update_only(pending, fast)
+                fast = self.branch.update_only(self.chunk_inputs(pending), fast)
             return self.finish(x, o), fast, pending
-        q = new.q
         if applied:  # the incomplete chunk's queries were applied already: pad their slots
+            new = pending.head(applied).extend(new)
             q = torch.cat([q.new_zeros(q.size(0), applied, q.size(2)), q], dim=1)
-        inputs = pending.head(applied).extend(new)._replace(q=q)
         n = q.size(1)
-        o, fast = self.branch(inputs, streaming_schedule(n, self.chunk, applied), fast)
-        pending.write(inputs.tail(n % self.chunk), 0)
+        o, fast = self.branch(self.chunk_inputs(new, q), streaming_schedule(n, self.chunk, applied), fast)
+        pending.write(new.tail(n % self.chunk), 0)
         return self.finish(x, o[:, applied:]), fast, pending

@@ -159,11 +159,13 @@ def test_causal_stream_equals_one_shot(pieces):
         pos += n
         cache = MixerCache(pos, fast, pending)
         outs.append(y)
-        # the incomplete chunk's inputs fill the first pos % 4 slots of a preallocated one-chunk buffer
-        held = pending.head(pos % 4)
-        assert pending.k.size(1) == 4 and pending.q is None
-        for got, want in zip(held[1:], inputs.tail(pos % 4)[1:]):  # k, v, lr, momentum
-            torch.testing.assert_close(got, want)
+        # the incomplete chunk's k, v and layer input fill the first pos % 4 slots of a preallocated
+        # one-chunk buffer; from them the lr / momentum heads give the values of the one-shot pass
+        held, start = pending.head(pos % 4), pos - pos % 4
+        assert pending.k.size(1) == 4 and pending.x.size(1) == 4
+        torch.testing.assert_close(held.x, x[:, start:pos], rtol=0, atol=0)
+        for got, want in zip(layer.chunk_inputs(held)[1:], inputs[1:]):  # k, v, lr, momentum
+            torch.testing.assert_close(got, want[:, start:])
     # the lr / momentum heads run in fp32 by design, so pieces of other lengths round differently
     torch.testing.assert_close(torch.cat(outs, dim=1), expected, rtol=1e-6, atol=1e-6)
 
