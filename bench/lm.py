@@ -162,7 +162,7 @@ def cache_mib(cache) -> float:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 2**20
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as LaCTLM.generate
 def generation_setting(memory: str, context: int, new_tokens: int) -> dict:
     """ms per decoded token after a ``context``-token prompt (fresh process)."""
     model = build(memory).eval()

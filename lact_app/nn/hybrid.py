@@ -97,21 +97,33 @@ class HybridLaCTAttention(nn.Module):
             self.lact = LaCTLayer(dim, fast_weight, projections=False, qk_affine=True, gate="head",
                                   rope=self.rope if fast_rope else None, v_silu=fast_v_silu)  # fmt: skip
 
+    def rotation(self, h: torch.Tensor, cache: Optional[MixerCache], packing: Optional[Packing]) -> Rotation:
+        """The RoPE cos and sin at the positions of h: [B, L, ·] (continuing ``cache``, or the packed
+        documents' own positions), for the attention's and the fast q, k alike."""
+        if packing is not None:
+            positions = packing.positions
+        else:
+            pos = 0 if cache is None else cache.pos
+            positions = torch.arange(pos, pos + h.size(1), device=h.device)
+        return self.rope.rotation(positions, like=h)
+
     def forward(
-        self, h: torch.Tensor, cache: Optional[MixerCache] = None, packing: Optional[Packing] = None
+        self,
+        h: torch.Tensor,
+        cache: Optional[MixerCache] = None,
+        packing: Optional[Packing] = None,
+        rotation: Optional[Rotation] = None,
     ) -> tuple[torch.Tensor, Optional[MixerCache]]:
         """h: [B, L, dim] (normed layer input) -> y: [B, L, dim], and the advanced cache.
 
         Without a cache the tokens are a whole sequence from position 0 and no cache is returned;
         with one they continue the sequence the cache describes (``MixerCache()`` starts one).
         With ``packing`` (B = 1, no cache) the row holds packed documents, each computed as if alone.
+        ``rotation``: :meth:`rotation` of these inputs when the caller shares it between layers.
         """
         pos = 0 if cache is None else cache.pos
-        if packing is not None:
-            positions = packing.positions
-        else:
-            positions = torch.arange(pos, pos + h.size(1), device=h.device)
-        rotation = self.rope.rotation(positions, like=h)  # shared by the attention's and the fast q, k
+        if rotation is None:
+            rotation = self.rotation(h, cache, packing)
         q, k, v = self.qkv(h).chunk(3, dim=-1)
         if packing is None:
             out, kv = self._attention(q, k, v, rotation, cache)
@@ -188,9 +200,14 @@ class HybridBlock(nn.Module):
         self.mlp = SwiGLUMLP(dim, mlp_hidden)
 
     def forward(
-        self, x: torch.Tensor, cache: Optional[MixerCache] = None, packing: Optional[Packing] = None
+        self,
+        x: torch.Tensor,
+        cache: Optional[MixerCache] = None,
+        packing: Optional[Packing] = None,
+        rotation: Optional[Rotation] = None,
     ) -> tuple[torch.Tensor, Optional[MixerCache]]:
-        """x: [B, L, dim] -> [B, L, dim] and the mixer's advanced cache (None without one)."""
-        y, cache = self.mixer(self.mixer_norm(x), cache, packing)
+        """x: [B, L, dim] -> [B, L, dim] and the mixer's advanced cache (None without one); ``rotation``
+        (optional) as the mixer takes it."""
+        y, cache = self.mixer(self.mixer_norm(x), cache, packing, rotation)
         x = x + y
         return x + self.mlp(self.mlp_norm(x)), cache
