@@ -121,7 +121,8 @@ class ChunkMixer(nn.Module):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k = self.norm_q(q), self.norm_k(k)
         heads = [rearrange(t, "b l (h d) -> b h l d", h=self.num_heads) for t in (q, k, v)]
-        qa, ka = (self.rope.apply(t, positions) for t in heads[:2])
+        rotation = self.rope.rotation(positions, like=q)  # the angles once for the attention's and the fast q, k
+        qa, ka = (self.rope.apply(t, rotation) for t in heads[:2])
         va = heads[2]
         segs, first = list(segments), 0
         if cache is not None and cache.keys is not None:  # the cached clean context acts as a leading clean segment
@@ -132,7 +133,7 @@ class ChunkMixer(nn.Module):
         state = None if cache is None else cache.fast
         if self.lact is not None:
             schedule = interleaved_schedule(segments)
-            ttt, state = self.lact(x, schedule, qkv=(q, k, v), positions=positions, state=state)
+            ttt, state = self.lact(x, schedule, qkv=(q, k, v), positions=rotation, state=state)
             o = o + ttt
         new_cache = None if cache is None else self.next_cache(cache, state, segs, ka, va)
         return self.out_proj(o), new_cache
