@@ -24,15 +24,34 @@ def rope_frequencies(dim: int, theta: float, device: Optional[torch.device] = No
 
 
 class Rotation(NamedTuple):
-    """cos and sin of the angles of some positions, [L, Dh/2] or [B, L, Dh/2] float64.
+    """The rotation of some positions as two full-width factors [L, Dh] or [B, L, Dh]: a channel
+    rotates to ``x · cos + partner · sin``, ``partner`` the other channel of its pair
+    (:func:`pair_partners`) and ``sin`` signed (−sin on the first channel of a pair, +sin on the
+    second), which is the pairwise ``(x1 cos − x2 sin, x1 sin + x2 cos)`` bit for bit in 3 ops.
 
     Computed once (:meth:`RotaryEmbedding.rotation`) and applied to every tensor rotated at the
-    same positions: q and k of the attention and of the fast weights in a hybrid layer, where a
-    decoding step would otherwise rebuild the angles four times for one token.
+    same positions: q and k of the attention and of the fast weights in every layer of a model,
+    where a decoding step would otherwise rebuild the angles many times for one token.
     """
 
     cos: torch.Tensor
     sin: torch.Tensor
+
+    @classmethod
+    def of(cls, angles: torch.Tensor, interleaved: bool) -> "Rotation":
+        """angles: [..., Dh/2] -> the full-width factors [..., Dh] in the angles' dtype."""
+        cos, sin = angles.cos(), angles.sin()
+        if interleaved:
+            return cls(cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2))
+        return cls(torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1))
+
+
+def pair_partners(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """x: [..., Dh] -> the partner of each channel in its rotary pair: (x2, x1) for each pair (x1, x2)
+    of adjacent channels (interleaved) or of the two halves."""
+    if interleaved:
+        return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x.roll(x.size(-1) // 2, dims=-1)
 
 
 def rotate(x: torch.Tensor, angles: torch.Tensor, interleaved: bool, layout: str = "bhld") -> torch.Tensor:
@@ -48,7 +67,7 @@ def rotate(x: torch.Tensor, angles: torch.Tensor, interleaved: bool, layout: str
     Returns:
         x rotated, same shape and dtype.
     """
-    return rotate_by(x, Rotation(angles.cos(), angles.sin()), interleaved, layout)
+    return rotate_by(x, Rotation.of(angles, interleaved), interleaved, layout)
 
 
 def rotation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -57,23 +76,17 @@ def rotation_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def rotate_by(x: torch.Tensor, rotation: Rotation, interleaved: bool, layout: str = "bhld") -> torch.Tensor:
-    """:func:`rotate` with the cos and sin of the angles given."""
+    """:func:`rotate` with the rotation's factors (:class:`Rotation`) given."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     cos, sin = rotation
     if layout == "bhld" and cos.dim() == 3:
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, L, P]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, L, Dh]
     elif layout == "blhd":
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [(B,) L, 1, P]
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [(B,) L, 1, Dh]
     dtype = rotation_dtype(x)
-    cos, sin = cos.to(dtype), sin.to(dtype)
     xf = x.to(dtype)
-    if interleaved:
-        x1, x2 = xf[..., 0::2], xf[..., 1::2]
-        out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-    else:
-        x1, x2 = xf.chunk(2, dim=-1)
-        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    out = xf * cos.to(dtype) + pair_partners(xf, interleaved) * sin.to(dtype)
     return out.to(x.dtype)
 
 
@@ -101,11 +114,11 @@ class RotaryEmbedding:
         return torch.arange(length, device=device)
 
     def rotation(self, positions: torch.Tensor, like: Optional[torch.Tensor] = None) -> Rotation:
-        """The cos and sin of the angles of ``positions`` (see :meth:`angles`), to rotate several
-        tensors: float64, or the dtype the rotation of tensors ``like`` this one runs in."""
-        angles = self.angles(positions)
+        """The :class:`Rotation` of ``positions`` (angles: :meth:`angles`), to rotate several tensors:
+        float64, or the dtype the rotation of tensors ``like`` this one runs in."""
+        rotation = Rotation.of(self.angles(positions), self.interleaved)
         dtype = torch.float64 if like is None else rotation_dtype(like)
-        return Rotation(angles.cos().to(dtype), angles.sin().to(dtype))
+        return Rotation(rotation.cos.to(dtype), rotation.sin.to(dtype))
 
     def apply(
         self, x: torch.Tensor, positions: Union[torch.Tensor, Rotation, None] = None, layout: str = "bhld"

@@ -37,6 +37,21 @@ def test_pair_conventions():
     torch.testing.assert_close(pairs.flatten(), torch.stack([c, s, torch.tensor(0.0), torch.tensor(0.0)]))
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotation_is_the_pairwise_formula_bit_for_bit(interleaved, dtype):
+    """x · cos + partner · (signed sin) is (x1 cos − x2 sin, x1 sin + x2 cos) on every pair, exactly."""
+    rope = RotaryEmbedding(8, theta=100.0, interleaved=interleaved)
+    x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    positions = torch.tensor([0, 1, 7, 300, 4096])
+    angles = rope.angles(positions)  # float64, cos and sin taken before the cast to x's dtype
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleaved else x.chunk(2, dim=-1)
+    pairs = (x1 * cos - x2 * sin, x1 * sin + x2 * cos)
+    expected = torch.stack(pairs, dim=-1).flatten(-2) if interleaved else torch.cat(pairs, dim=-1)
+    torch.testing.assert_close(rope.apply(x, positions), expected, rtol=0, atol=0)
+
+
 def test_layouts_batched_positions_and_dtype():
     rope = RotaryEmbedding(8)
     x = torch.randn(2, 3, 5, 8)  # [B, heads, L, Dh]
