@@ -23,7 +23,7 @@ def l2_normalize(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
         [..., D] in ``x.dtype``.
     """
     xf = x.float()
-    # linalg.vector_norm, not Tensor.norm: the same kernel without Tensor.norm's Python dispatch (~5 µs a call)
+    # linalg.vector_norm, not Tensor.norm: the same kernel without Tensor.norm's Python dispatch (~2 µs a call)
     return (xf / (torch.linalg.vector_norm(xf, dim=-1, keepdim=True) + eps)).to(x.dtype)
 
 
