@@ -1,4 +1,4 @@
-"""Benchmark of the LM (configs/lm.yaml's model): LaCT vs the same model with full causal attention.
+"""Benchmark of the LM (the 4 × 256 model of ``bench/lm_model.yaml``): LaCT vs the same model with full causal attention.
 
     python -m bench.lm [--quick] [--threads N] [--sections training,generation,packing] [--out bench/results/lm.json]
 
@@ -42,7 +42,7 @@ from lact_app.constants import IGNORE_INDEX
 from lact_app.models.lm import LaCTLM
 from lact_app.nn import BackboneConfig, FastWeightConfig
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs/lm.yaml"
+CONFIG = Path(__file__).resolve().parent / "lm_model.yaml"
 MEMORIES = ("lact", "full_attention")
 
 

@@ -6,7 +6,7 @@
 ``--recompute`` measures the op's memory-saving backward against plain autograd through the same
 maths, each setting in a fresh process: the peak memory growth of one forward + backward of the op
 alone (32K tokens, 4 heads, D 64, H 128, chunks of 2048; peak RSS minus the RSS with the inputs
-made), and the time of one training step of the ``configs/lm.yaml`` LM with ``recompute`` on and off
+made), and the time of one training step of the ``bench/lm_model.yaml`` LM with ``recompute`` on and off
 (alternating, median of ``--rounds``). Each mode rewrites only its own section of the results file.
 
 FLOPs: the op does 18·D·H per token per head for update + apply (LACT_SPEC.md §1.13: update 12·D·H,
@@ -133,7 +133,7 @@ def op_memory(s: Setting, recompute: bool) -> dict:
 
 def lm_step(seq_len: int, recompute: bool) -> dict:
     """Seconds of one training step (forward, backward, AdamW; median of 3 after a warm-up step) of
-    the configs/lm.yaml LM on one sequence (run in a fresh process)."""
+    the bench/lm_model.yaml LM on one sequence (run in a fresh process)."""
     torch.manual_seed(0)
     args = model_args()
     fast_weight = FastWeightConfig(**{**args["fast_weight"], "recompute": recompute})

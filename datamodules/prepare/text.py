@@ -6,13 +6,19 @@ and range) and, with ``--tokenizer``, ``ids.npy`` (the pre-tokenized ids, used w
 datamodule's tokenizer matches). Every file is validated: not UTF-8 or empty (after the range and
 stripping) → skipped and counted. ``--range 0:0.9`` keeps that fraction of each file's characters,
 so one file (tinyshakespeare) splits into train (``0:0.9``) and validation (``0.9:1``).
+
+Cleaning, each step opt-in and applied before the range: ``--strip-gutenberg`` keeps the text
+between Project Gutenberg's markers, ``--lf-newlines`` turns CRLF and CR line ends into LF (Project
+Gutenberg distributes CRLF), ``--ascii-punctuation`` writes typographic punctuation (curly quotes,
+dashes, ellipsis, ™, bullets, non-breaking space) as its ASCII equivalent, so a byte-level model
+trained on plain-ASCII text (tinyshakespeare) is not scored on multi-byte characters it never saw.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +31,12 @@ HELP = "text files or folders -> one document per sample (txt [+ ids.npy])"
 
 GUTENBERG_START = re.compile(r"^\*\*\* ?START OF .*$", re.MULTILINE)
 GUTENBERG_END = re.compile(r"^\s*\*\*\* ?END OF .*$", re.MULTILINE)
+ASCII_PUNCTUATION = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+                                   "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+                                   "\u2013": "-", "\u2014": "--", "\u2015": "--", "\u2026": "...",
+                                   "\u2122": "(TM)", "\u2022": "*", "\u00a0": " "})
+
+Cleaning = Callable[[str], str]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also store ids.npy pre-tokenized with 'byte' or a .tiktoken file")
     parser.add_argument("--strip-gutenberg", action="store_true",
                         help="keep only the text between Project Gutenberg's *** START/END OF markers")
+    parser.add_argument("--lf-newlines", action="store_true", help="turn CRLF and CR line ends into LF")
+    parser.add_argument("--ascii-punctuation", action="store_true",
+                        help="curly quotes, dashes, ellipsis, (TM), bullets, non-breaking space -> ASCII")
     parser.add_argument("--maxcount", type=int, default=1000, help="documents per shard (default 1000)")
 
 
@@ -68,26 +83,40 @@ def strip_gutenberg(text: str) -> str:
     return text[start.end() if start else 0 : end.start() if end else len(text)]
 
 
-def read_document(path: Path, fraction: tuple[float, float], gutenberg: bool = False) -> str:
-    """The UTF-8 text of ``path`` (BOM dropped), cut to ``fraction`` of its characters.
+def lf_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def ascii_punctuation(text: str) -> str:
+    return text.translate(ASCII_PUNCTUATION)
+
+
+def cleanings(gutenberg: bool = False, lf: bool = False, punctuation: bool = False) -> list[Cleaning]:
+    """The cleaning steps the flags select, in the order they run (Gutenberg markers first)."""
+    chosen = [(gutenberg, strip_gutenberg), (lf, lf_newlines), (punctuation, ascii_punctuation)]
+    return [step for on, step in chosen if on]
+
+
+def read_document(path: Path, fraction: tuple[float, float], clean: Sequence[Cleaning] = ()) -> str:
+    """The UTF-8 text of ``path`` (BOM dropped), cleaned, cut to ``fraction`` of its characters.
 
     Raises:
         UnicodeDecodeError: the file is not UTF-8.
     """
     text = path.read_bytes().decode("utf-8-sig")
-    if gutenberg:
-        text = strip_gutenberg(text)
+    for step in clean:
+        text = step(text)
     a, b = fraction
     return text[round(a * len(text)) : round(b * len(text))]
 
 
-def documents(files: Iterable[Path], fraction: tuple[float, float], sink: ShardSink, gutenberg: bool = False,
-              root: Optional[Path] = None) -> Iterator[tuple[str, str]]:
+def documents(files: Iterable[Path], fraction: tuple[float, float], sink: ShardSink,
+              clean: Sequence[Cleaning] = (), root: Optional[Path] = None) -> Iterator[tuple[str, str]]:
     """(source name, text) of every readable file; unreadable ones are reported to ``sink``."""
     for path in files:
         name = str(path.relative_to(root)) if root else str(path)
         try:
-            yield name, read_document(path, fraction, gutenberg)
+            yield name, read_document(path, fraction, clean)
         except UnicodeDecodeError:
             sink.skip(name, "not UTF-8")
         except OSError as e:
@@ -110,11 +139,11 @@ def document_sample(index: int, source: str, text: str, fraction: tuple[float, f
 
 
 def write_text_shards(files: Iterable[Path], out: Path, split: str, *, fraction: tuple[float, float] = (0.0, 1.0),
-                      tokenizer: Optional[Tokenizer] = None, gutenberg: bool = False, maxcount: int = 1000,
+                      tokenizer: Optional[Tokenizer] = None, clean: Sequence[Cleaning] = (), maxcount: int = 1000,
                       root: Optional[Path] = None) -> ShardSink:
     """Writes ``out/<split>-%06d.tar``, one validated document per sample; returns the closed sink."""
     with ShardSink(out, split, maxcount=maxcount, validate=validate) as sink:
-        for i, (source, text) in enumerate(documents(files, fraction, sink, gutenberg, root)):
+        for i, (source, text) in enumerate(documents(files, fraction, sink, clean, root)):
             sink.write(document_sample(i, source, text, fraction, tokenizer))
     return sink
 
@@ -126,5 +155,6 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no files found in {args.src} (folders are searched for --glob {args.glob!r})")
     tokenizer = build_tokenizer(args.tokenizer) if args.tokenizer else None
     sink = write_text_shards(files, Path(args.out), args.split, fraction=fraction, tokenizer=tokenizer,
-                             gutenberg=args.strip_gutenberg, maxcount=args.maxcount)
+                             clean=cleanings(args.strip_gutenberg, args.lf_newlines, args.ascii_punctuation),
+                             maxcount=args.maxcount)
     return 0 if sink.written else 1

@@ -91,6 +91,21 @@ def test_prepare_range_splits_one_file(corpus, tmp_path):
         prepare_main(["text", src, "--out", str(tmp_path), "--range", "0.9"])
 
 
+def test_prepare_cleaning_flags(tmp_path):
+    raw = ("Header\r\n*** START OF THE BOOK ***\r\n\u201cOh dear!\u201d\u2014she\u2019d said\u2026\r\n"
+           "*** END OF THE BOOK ***\r\nLicence\u2122\r\n")
+    src = str(_write(tmp_path / "book.txt", raw))
+    # the START line's match ends at its \r (a regex "$" stops before \n only)
+    for split, flags, expected in [
+            ("a", ["--strip-gutenberg"], "\n\u201cOh dear!\u201d\u2014she\u2019d said\u2026\r\n"),
+            ("b", ["--strip-gutenberg", "--lf-newlines"], "\n\u201cOh dear!\u201d\u2014she\u2019d said\u2026\n"),
+            ("c", ["--strip-gutenberg", "--lf-newlines", "--ascii-punctuation"], "\n\"Oh dear!\"--she'd said...\n"),
+            ("d", ["--ascii-punctuation"], raw.replace("\u201c", '"').replace("\u201d", '"').replace("\u2014", "--")
+             .replace("\u2019", "'").replace("\u2026", "...").replace("\u2122", "(TM)"))]:
+        prepare_main(["text", src, "--out", str(tmp_path / "out"), "--split", split, *flags])
+        assert read_samples(tmp_path / "out" / f"{split}-000000.tar")[0]["txt"].decode() == expected, flags
+
+
 def test_prepare_pretokenized_ids_are_used(corpus, tmp_path):
     prepare_main(["text", str(corpus / "good.txt"), "--out", str(tmp_path), "--tokenizer", "byte"])
     sample = read_samples(tmp_path / "train-000000.tar")[0]

@@ -35,7 +35,7 @@ model:
               fast_weight: {{chunk: 16, heads: 2, low_rank: 8}}}}
 data:
   init_args: {{seq_len: 48, batch_size: 2, samples_per_epoch: 4, shuffle_buffer: 4, max_eval_windows: 2,
-              max_new_tokens: 8, cache_dir: {cache}, prompts: ["def main():\\\\n", "import"]}}
+              eval_stride: null, max_new_tokens: 8, cache_dir: {cache}, prompts: ["def main():\\\\n", "import"]}}
 trainer:
   max_steps: 2
   default_root_dir: {root}
@@ -276,6 +276,24 @@ def test_unigram_counts_training_labels_and_scores_add_one_smoothed():
     fresh.load_state_dict(old["state_dict"], strict=True)
     assert fresh.unigram_counts.tolist() == [0, 0, 0, 0]  # unigram baseline = uniform then
     torch.testing.assert_close(fresh.unigram_nll(torch.tensor([[1]])), torch.tensor([[math.log(4)]], dtype=torch.float64))
+
+
+def test_label_smoothing_in_the_training_loss_only():
+    """ε spreads over the V tokens: loss = (1 − ε)·NLL(y) + ε·mean_v NLL(v); evaluation stays plain NLL."""
+    torch.manual_seed(0)
+    eps, task = 0.1, LMTask(vocab_size=6, backbone=BackboneConfig(dim=16, depth=1, heads=2, mlp_ratio=None),
+                            window=8, fast_weight=FastWeightConfig(chunk=8, heads=2), label_smoothing=0.1)
+    task.log = lambda *args, **kwargs: None  # no trainer to log to
+    task.log_throughput = task.log
+    batch = {"input_ids": torch.randint(0, 6, (2, 5)), "labels": torch.tensor([[1, 2, 3, 4, -100], [5, 0, 1, 2, 3]])}
+    logp = torch.log_softmax(task(batch["input_ids"]).float(), -1)
+    mask = batch["labels"] != -100
+    nll = -logp.gather(-1, batch["labels"].clamp(min=0)[..., None])[..., 0]
+    smoothed = ((1 - eps) * nll - eps * logp.mean(-1))[mask].mean()
+    torch.testing.assert_close(task.training_step(batch, 0), smoothed)
+    torch.testing.assert_close(task.token_nll(batch)[0][mask], nll[mask])
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
+        LMTask(vocab_size=6, label_smoothing=1.0)
 
 
 @needs_shared
