@@ -50,6 +50,12 @@ class Packing:
         self.positions = torch.arange(length, device=device) - self.doc_start  # [T]
         self._blocks: dict[Optional[int], list[QueryBlock]] = {}
 
+    @property
+    def uniform_length(self) -> Optional[int]:
+        """L when every document is L tokens long (the row is N windows of one length), else None."""
+        lengths = {e - s for s, e in zip(self.cu_seqlens, self.cu_seqlens[1:])}
+        return lengths.pop() if len(lengths) == 1 else None
+
     def attention_blocks(self, window: Optional[int]) -> list[QueryBlock]:
         """Causal (sliding-window) attention inside each document, as query blocks of ``window``
         (``FULL_ATTENTION_BLOCK`` when None) over keys back to the earliest one a query may see.

@@ -74,6 +74,18 @@ def test_packed_gradients_equal_the_sum_of_solo_gradients(memory):
     assert (packed - solo).norm() < 5e-5 * solo.norm()
 
 
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_windows_of_one_length_run_as_a_batch(memory):
+    """A row of equal documents (windows cut from long texts) is the batch of those windows."""
+    model = _model(memory)
+    ids = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        packed = model(ids.reshape(1, 60), cu_seqlens=torch.tensor([0, 20, 40, 60], dtype=torch.int32))
+        assert torch.equal(packed, model(ids).reshape(1, 60, VOCAB))
+        for row, out in zip(ids, packed[0].split(20)):
+            torch.testing.assert_close(out, model(row[None])[0], rtol=1e-5, atol=1e-5)
+
+
 def test_packed_positions_and_masks_stop_at_document_starts():
     packing = Packing(torch.tensor([0, 2, 5], dtype=torch.int32), 5)
     assert packing.positions.tolist() == [0, 1, 0, 1, 2]
