@@ -44,7 +44,8 @@ def task_configs(cache: Path) -> dict[str, dict]:
                                        "warmup_steps": 2, "position_buckets": 4,
                                        "fast_weight": {"chunk": 16, "heads": 2, "low_rank": 8}}},
                "data": {"init_args": {"seq_len": 48, "batch_size": 2, "samples_per_epoch": 8,
-                                      "shuffle_buffer": 4, "max_eval_windows": 2, "cache_dir": str(cache / "lm-cache")}}},
+                                      "shuffle_buffer": 4, "max_eval_windows": 2, "eval_stride": 24,  # lm.yaml's 128 > 48
+                                      "cache_dir": str(cache / "lm-cache")}}},
         "nvs": {"model": {"init_args": {"backbone": {"dim": 32, "depth": 2, "heads": 2}, "image_log_every_n_steps": 100}},
                 "data": {"init_args": {"batch_size": 2, "samples_per_epoch": 8, "default_scenes": 96,
                                        "cache_dir": str(cache / "toy-cache")}}},
