@@ -50,7 +50,7 @@ class PendingChunk(NamedTuple):
         """Copy ``new``'s tokens into these buffers at [start, start + n) in place."""
         n = new.k.size(1)
         for buffer, t in zip(self, new):
-            buffer[:, start : start + n] = t
+            buffer.narrow(1, start, n).copy_(t)
 
     def head(self, n: int) -> "PendingChunk":
         """The first ``n`` tokens (views)."""

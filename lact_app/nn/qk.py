@@ -24,7 +24,8 @@ def l2_normalize(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     """
     xf = x.float()
     # linalg.vector_norm, not Tensor.norm: the same kernel without Tensor.norm's Python dispatch (~2 µs a call)
-    return (xf / (torch.linalg.vector_norm(xf, dim=-1, keepdim=True) + eps)).to(x.dtype)
+    y = xf / (torch.linalg.vector_norm(xf, dim=-1, keepdim=True) + eps)
+    return y if x.dtype == y.dtype else y.to(x.dtype)
 
 
 def inverse_softplus(y: Union[float, torch.Tensor]) -> Union[float, torch.Tensor]:

@@ -35,19 +35,30 @@ def apply_fast_weights(fw: FastWeights, x: torch.Tensor, token_block: Optional[i
     """f(x) = w1 (silu(w0 x) * (w2 x)) per head.  x: [B, n, D] -> [B, n, D]."""
     dtype = x.dtype  # under autocast the matmuls still pick their own dtype
     w02, w1 = fw.w02.to(dtype).mT, fw.w1.to(dtype).mT
-    outs = []
-    for span in _blocks(x.size(1), token_block or default_token_block(x)):
-        a, b = (x[:, span] @ w02).chunk(2, dim=-1)
-        outs.append((F.silu(a) * b) @ w1)
-    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    block = token_block or default_token_block(x)
+    if x.size(1) <= block:  # one block (every decoding step): no slicing, no concatenation
+        return _swiglu(x, w02, w1)
+    return torch.cat([_swiglu(x[:, span], w02, w1) for span in _blocks(x.size(1), block)], dim=1)
+
+
+def _swiglu(x: torch.Tensor, w02t: torch.Tensor, w1t: torch.Tensor) -> torch.Tensor:
+    """x: [B, n, D], w02t: [B, D, 2H], w1t: [B, H, D] -> w1 (silu(w0 x) * (w2 x)): [B, n, D].
+
+    ``torch.bmm``, not ``@``: the same kernel without matmul's shape dispatch (half the cost of a
+    decoding step's single-token product)."""
+    a, b = torch.bmm(x, w02t).chunk(2, dim=-1)
+    return torch.bmm(F.silu(a) * b, w1t)
 
 
 def _grad_factors(w02: torch.Tensor, w1: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor):
-    """Per-token factors of the update.  -> (g02: [B, n, 2H] = [g0·η0, g2·η2], h·η1: [B, n, H])."""
-    a, b = (k @ w02.mT).chunk(2, dim=-1)  # [B, n, H] each
+    """Per-token factors of the update.  -> (g02: [B, n, 2H] = [g0·η0, g2·η2], h·η1: [B, n, H]).
+
+    The products here and in :func:`fast_weight_grads` call ``torch.bmm`` (what ``@`` runs for 3-D
+    operands) directly: a chunk's matmuls are small, and matmul's shape dispatch costs as much."""
+    a, b = torch.bmm(k, w02.mT).chunk(2, dim=-1)  # [B, n, H] each
     sig = torch.sigmoid(a)
     silu_a = a * sig
-    dh = v @ w1  # w1ᵀ v per token: [B, n, H]
+    dh = torch.bmm(v, w1)  # w1ᵀ v per token: [B, n, H]
     lr = lr.float()
     g0 = dh * b * sig * (1 + a * (1 - sig)) * lr[..., 0:1]  # silu'(a) = σ(a)(1 + a(1 − σ(a)))
     g2 = dh * silu_a * lr[..., 2:3]
@@ -68,8 +79,8 @@ def fast_weight_grads(
     d02 = d1 = None
     for span in _blocks(k.size(1), token_block or default_token_block(k)):
         g02, h_lr = _grad_factors(w02, w1, k[:, span], v[:, span], lr[:, span])
-        part02 = g02.to(dtype).mT @ k[:, span]
-        part1 = v[:, span].mT @ h_lr.to(dtype)
+        part02 = torch.bmm(g02.to(dtype).mT, k[:, span])
+        part1 = torch.bmm(v[:, span].mT, h_lr.to(dtype))
         d02 = part02 if d02 is None else d02 + part02
         d1 = part1 if d1 is None else d1 + part1
     return d02, d1
