@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import autocast_off
+from .precision import autocast_off, cast
 
 #: Block norms selectable by name in configs.
 NORM_KINDS = ("rms", "layer")
@@ -40,5 +40,5 @@ class HeadRMSNorm(nn.RMSNorm):
         """x: [..., n_h * D] -> [..., n_h * D]."""
         heads = x.float().unflatten(-1, (self.num_heads, -1))
         with autocast_off(x):
-            y = F.rms_norm(heads, self.normalized_shape, self.weight.float(), self.eps).flatten(-2)
-        return y if x.dtype == y.dtype else y.to(x.dtype)
+            y = F.rms_norm(heads, self.normalized_shape, self.weight.float(), self.eps)
+        return cast(y.flatten(-2), x.dtype)

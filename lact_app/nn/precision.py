@@ -17,3 +17,9 @@ def autocast_off(x: torch.Tensor) -> ContextManager:
     if not torch.is_autocast_enabled(x.device.type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatch when it is a no-op (a decoding step's casts of one token
+    cost as much as its maths)."""
+    return t if t.dtype == dtype else t.to(dtype)

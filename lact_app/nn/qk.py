@@ -8,6 +8,8 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
+from .precision import cast
+
 #: Added to the norm before dividing (LACT_SPEC.md §1.3: ``x / (‖x‖ + 1e-5)``).
 L2_EPS = 1e-5
 
@@ -24,8 +26,7 @@ def l2_normalize(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     """
     xf = x.float()
     # linalg.vector_norm, not Tensor.norm: the same kernel without Tensor.norm's Python dispatch (~2 µs a call)
-    y = xf / (torch.linalg.vector_norm(xf, dim=-1, keepdim=True) + eps)
-    return y if x.dtype == y.dtype else y.to(x.dtype)
+    return cast(xf / (torch.linalg.vector_norm(xf, dim=-1, keepdim=True) + eps), x.dtype)
 
 
 def inverse_softplus(y: Union[float, torch.Tensor]) -> Union[float, torch.Tensor]:

@@ -14,6 +14,8 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
+from .precision import cast
+
 #: Layouts of the tensor to rotate: heads before or after the sequence dim.
 LAYOUTS = ("bhld", "blhd")
 
@@ -86,14 +88,8 @@ def rotate_by(x: torch.Tensor, rotation: Rotation, interleaved: bool, layout: st
     elif layout == "blhd":
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [(B,) L, 1, Dh]
     dtype = rotation_dtype(x)
-    xf, cos, sin = (_as(t, dtype) for t in (x, cos, sin))
-    return _as(xf * cos + pair_partners(xf, interleaved) * sin, x.dtype)
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)`` without the dispatch when it is a no-op (a decoding step rotates one token
-    eight times: the casts cost as much as the maths)."""
-    return t if t.dtype == dtype else t.to(dtype)
+    xf, cos, sin = (cast(t, dtype) for t in (x, cos, sin))
+    return cast(xf * cos + pair_partners(xf, interleaved) * sin, x.dtype)
 
 
 class RotaryEmbedding:
